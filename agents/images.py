@@ -1,0 +1,124 @@
+"""Image intake: decode, refuse bombs, normalise every mode to 8-bit RGB, and fit a pixel budget."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+from pydantic import BaseModel, ConfigDict, PrivateAttr
+
+# Above this many pixels we refuse to decode at all (a 40k x 40k PNG is a few KB on disk and 4.8 GB in RAM).
+MAX_DECODE_PIXELS = 64_000_000
+# What the graph hands to models: larger images are downscaled to this many pixels (aspect kept).
+DEFAULT_MAX_PIXELS = 2048 * 2048
+
+
+class ImageError(ValueError):
+    """An input that cannot be used as an image; the message says which input and why."""
+
+
+class PreparedImage(BaseModel):
+    """An RGB image ready for a model. Serialises as its content hash and size; the pixels stay in memory."""
+
+    model_config = ConfigDict(frozen=True)
+
+    sha256: str
+    width: int
+    height: int
+    source: str | None = None
+    _png: bytes = PrivateAttr(default=b"")
+
+    @property
+    def png_bytes(self) -> bytes:
+        return self._png
+
+    def to_pil(self) -> Image.Image:
+        return Image.open(io.BytesIO(self._png)).convert("RGB")
+
+
+def prepare_image(
+    data: bytes | str | Path | Image.Image,
+    *,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    max_decode_pixels: int = MAX_DECODE_PIXELS,
+) -> PreparedImage:
+    """Load an image from a path, bytes or a PIL image and return it as 8-bit RGB within `max_pixels`.
+
+    Raises ImageError for missing, empty, corrupt, truncated or oversized inputs.
+    """
+    source = str(data) if isinstance(data, str | Path) else None
+    image = data if isinstance(data, Image.Image) else _decode(data, source, max_decode_pixels)
+    rgb = _to_rgb(image)
+    rgb = _fit(rgb, max_pixels)
+    buffer = io.BytesIO()
+    rgb.save(buffer, format="PNG")
+    png = buffer.getvalue()
+    prepared = PreparedImage(
+        sha256=hashlib.sha256(png).hexdigest(), width=rgb.width, height=rgb.height, source=source
+    )
+    prepared._png = png
+    return prepared
+
+
+def _decode(data: bytes | str | Path, source: str | None, max_decode_pixels: int) -> Image.Image:
+    name = source or "image bytes"
+    if not isinstance(data, bytes):
+        path = Path(data)
+        if not path.is_file():
+            raise ImageError(f"{name}: no such file")
+        data = path.read_bytes()
+    if not data:
+        raise ImageError(f"{name}: the file is empty (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_decode_pixels:
+                raise ImageError(
+                    f"{name}: {width}x{height} is {width * height:,} pixels, over the decode budget of "
+                    f"{max_decode_pixels:,}; downscale it first or raise max_decode_pixels"
+                )
+            image.seek(0)  # animated images: the first frame stands for the picture
+            image.load()
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise ImageError(f"{name}: refused as a decompression bomb ({error})") from error
+    except UnidentifiedImageError as error:
+        raise ImageError(f"{name}: not an image file (unrecognised format)") from error
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{name}: corrupt or truncated image ({error})") from error
+    return image
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    image = ImageOps.exif_transpose(image) or image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit greyscale: rescale the actual range to 0..255 instead of clipping to white.
+        array = np.asarray(image, dtype=np.float64)
+        low, high = float(array.min()), float(array.max())
+        scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)
+        image = Image.fromarray(scaled.astype("uint8"), mode="L")
+    if image.mode == "P":
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        # Composite transparency on white, the way a viewer would see it on a page.
+        background = Image.new("RGB", image.size, (255, 255, 255))
+        background.paste(image.convert("RGBA"), mask=image.convert("RGBA").getchannel("A"))
+        return background
+    return image.convert("RGB")
+
+
+def _fit(image: Image.Image, max_pixels: int) -> Image.Image:
+    pixels = image.width * image.height
+    if pixels <= max_pixels:
+        return image
+    scale = math.sqrt(max_pixels / pixels)
+    size = (max(1, int(image.width * scale)), max(1, int(image.height * scale)))
+    return image.resize(size, Image.Resampling.BICUBIC)

@@ -1,0 +1,52 @@
+"""What the three role agents share: call the model, time it, and always leave an LLMCall behind, even on failure."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel
+
+from agents.call_record import LLMCall, Purpose, Role
+from agents.chat_model import ChatMessage, ChatModel, Completion, ModelCallError, SamplingParams
+
+
+class AgentCallError(RuntimeError):
+    """A role's model call failed; `call` is the recorded attempt (with its error) so the trace keeps it."""
+
+    def __init__(self, call: LLMCall) -> None:
+        super().__init__(f"{call.role} ({call.purpose}, round {call.round}) failed: {call.error}")
+        self.call = call
+
+
+class RoleAgent:
+    """Base for a role: one model, its sampling parameters and (optionally) the LoRA adapter serving it."""
+
+    role: Role
+
+    def __init__(self, model: ChatModel, sampling: SamplingParams, *, adapter: str | None = None) -> None:
+        self.model = model
+        self.sampling = sampling
+        self.adapter = adapter
+
+    async def _call(
+        self,
+        purpose: Purpose,
+        *,
+        node: str,
+        round: int,
+        messages: list[ChatMessage],
+        choices: list[str] | None = None,
+        sampling: SamplingParams | None = None,
+    ) -> tuple[Completion, LLMCall]:
+        sampling = sampling or self.sampling
+        fields = dict(
+            role=self.role, purpose=purpose, node=node, round=round, messages=messages, choices=choices,
+            sampling=sampling, adapter=self.adapter,
+        )
+        try:
+            completion = await self.model.chat(messages, sampling, choices=choices)
+        except ModelCallError as error:
+            raise AgentCallError(LLMCall(model_id=self.model.model_id, error=str(error), **fields)) from error
+        return completion, LLMCall.from_completion(completion, **fields)
+
+    @staticmethod
+    def _with_parsed(call: LLMCall, parsed: BaseModel) -> LLMCall:
+        return call.model_copy(update={"parsed": parsed.model_dump(mode="json")})

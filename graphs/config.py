@@ -1,0 +1,106 @@
+"""The graph's configuration: which model serves each role, how each role samples, and the loop bound."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agents.call_record import Role
+from agents.chat_model import SamplingParams
+from agents.images import DEFAULT_MAX_PIXELS, MAX_DECODE_PIXELS
+
+ROLES: tuple[Role, ...] = ("perceiver", "reasoner", "reflector")
+Check = Literal["coherence", "consistency"]
+
+OFFLINE_PREFIX = "offline:"
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot work; the message names the field and what to change."""
+
+
+class ModelSpec(BaseModel):
+    """Where a model comes from. `path` is a local HF folder, or `offline:<kind>` for a model built locally."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["transformers"] = "transformers"
+    path: str = "offline:smollm2-idefics3"
+
+
+class RoleConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("default", description="a key of `models`")
+    sampling: SamplingParams = SamplingParams()
+
+
+class ImageConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_pixels: int = Field(DEFAULT_MAX_PIXELS, gt=0, description="larger images are downscaled to this")
+    max_decode_pixels: int = Field(MAX_DECODE_PIXELS, gt=0, description="larger images are refused")
+
+
+def _default_roles() -> dict[Role, RoleConfig]:
+    return {
+        "perceiver": RoleConfig(sampling=SamplingParams(temperature=0.7, top_p=0.95, max_tokens=160)),
+        "reasoner": RoleConfig(sampling=SamplingParams(temperature=0.7, top_p=0.95, max_tokens=256)),
+        # EMO-R3 samples its reflection questions at 0.6 / 0.95; answers are one word from a closed set.
+        "reflector": RoleConfig(sampling=SamplingParams(temperature=0.6, top_p=0.95, max_tokens=8)),
+    }
+
+
+class GraphConfig(BaseModel):
+    """Validated graph configuration (YAML on disk). Every field has a default that runs offline."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    label_set: str | list[str] = "mikels8"
+    max_rounds: int = Field(1, ge=0, le=8, description="corrections allowed; 0 = reflection only scores")
+    checks: list[Check] = Field(default_factory=lambda: ["coherence", "consistency"])
+    timeout_s: float | None = Field(600.0, gt=0, description="per graph run")
+    image: ImageConfig = ImageConfig()
+    models: dict[str, ModelSpec] = Field(default_factory=lambda: {"default": ModelSpec()})
+    roles: dict[Role, RoleConfig] = Field(default_factory=_default_roles)
+
+    @model_validator(mode="after")
+    def _roles_complete(self) -> GraphConfig:
+        missing = [role for role in ROLES if role not in self.roles]
+        if missing:
+            raise ValueError(f"roles {missing} have no configuration; every role needs an entry under `roles`")
+        for role, role_config in self.roles.items():
+            if role_config.model not in self.models:
+                raise ValueError(
+                    f"roles.{role}.model is {role_config.model!r}, which is not defined under `models` "
+                    f"(defined: {sorted(self.models)})"
+                )
+        return self
+
+    @classmethod
+    def load(cls, source: str | Path | dict | GraphConfig | None = None) -> GraphConfig:
+        """From a YAML file, a dict, an instance, or None (the offline defaults)."""
+        if source is None:
+            return cls()
+        if isinstance(source, GraphConfig):
+            return source
+        if isinstance(source, str | Path):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"config file {path} does not exist")
+            try:
+                source = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path} is not valid YAML: {error}") from error
+        try:
+            return cls.model_validate(source)
+        except ValidationError as error:
+            raise ConfigError(f"invalid graph config:\n{error}") from error
+
+    def fingerprint(self) -> str:
+        """A short hash of the effective config, so traces can tell runs of different configs apart."""
+        return hashlib.sha256(self.model_dump_json().encode()).hexdigest()[:16]

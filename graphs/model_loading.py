@@ -1,0 +1,43 @@
+"""Turn the config's model specs into ChatModel instances, one per distinct model (roles share instances)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from agents.chat_model import ChatModel
+from graphs.config import OFFLINE_PREFIX, ConfigError, GraphConfig, ModelSpec
+
+
+def resolve_model_dir(path: str, cache_dir: Path | None = None) -> Path:
+    """A local folder as given, or an offline model built into the cache on first use."""
+    # torch and transformers load only when a model does, so scripted/HTTP-only graphs start fast.
+    from agents.offline_models import MODEL_KINDS, ensure_model
+
+    offline = [OFFLINE_PREFIX + kind for kind in MODEL_KINDS]
+    if path.startswith(OFFLINE_PREFIX):
+        kind = path.removeprefix(OFFLINE_PREFIX)
+        if kind not in MODEL_KINDS:
+            raise ConfigError(f"unknown offline model {path!r}; available: {offline}")
+        return ensure_model(kind, cache_dir)
+    folder = Path(path).expanduser()
+    if not folder.is_dir():
+        raise ConfigError(
+            f"model folder {folder} does not exist; point `models.<name>.path` at a local HF checkpoint "
+            f"or use one of {offline}"
+        )
+    return folder
+
+
+def load_chat_model(spec: ModelSpec, *, cache_dir: Path | None = None) -> ChatModel:
+    from agents.transformers_backend import TransformersChatModel
+
+    return TransformersChatModel.from_dir(resolve_model_dir(spec.path, cache_dir), model_id=spec.path)
+
+
+def load_role_models(config: GraphConfig, *, cache_dir: Path | None = None) -> dict[str, ChatModel]:
+    """Role name -> ChatModel; roles naming the same `models` entry get the same instance."""
+    by_name: dict[str, ChatModel] = {}
+    for role_config in config.roles.values():
+        if role_config.model not in by_name:
+            by_name[role_config.model] = load_chat_model(config.models[role_config.model], cache_dir=cache_dir)
+    return {role: by_name[role_config.model] for role, role_config in config.roles.items()}
