@@ -7,11 +7,12 @@ from pathlib import Path
 from typing import Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from agents.call_record import Role
 from agents.chat_model import SamplingParams
 from agents.images import DEFAULT_MAX_PIXELS, MAX_DECODE_PIXELS
+from prompts import get_label_set
 
 ROLES: tuple[Role, ...] = ("perceiver", "reasoner", "reflector")
 Check = Literal["coherence", "consistency"]
@@ -67,6 +68,12 @@ class GraphConfig(BaseModel):
     image: ImageConfig = ImageConfig()
     models: dict[str, ModelSpec] = Field(default_factory=lambda: {"default": ModelSpec()})
     roles: dict[Role, RoleConfig] = Field(default_factory=_default_roles)
+
+    @field_validator("label_set")
+    @classmethod
+    def _label_set_known(cls, label_set: str | list[str]) -> str | list[str]:
+        get_label_set(label_set)  # fail at load time, before any model is loaded
+        return label_set
 
     @model_validator(mode="after")
     def _roles_complete(self) -> GraphConfig:
