@@ -82,7 +82,8 @@ class ModelCallError(RuntimeError):
 
 @runtime_checkable
 class ChatModel(Protocol):
-    """An LLM endpoint. `choices`, when given, constrains the answer to exactly one of those strings."""
+    """An LLM endpoint. `choices`, when given, constrains the answer to exactly one of those strings; the options
+    then bound the answer's length, so a backend must let the longest option finish whatever `max_tokens` says."""
 
     @property
     def model_id(self) -> str: ...

@@ -37,8 +37,9 @@ class ScriptedChatModel:
             answer = await answer
         prompt_ids = list("".join(m.text for m in messages).encode())
         ids = list(answer.encode())
-        truncated = len(ids) > sampling.max_tokens
-        ids = ids[: sampling.max_tokens]
+        cap = len(ids) if choices else sampling.max_tokens  # a closed-set answer is bounded by its options
+        truncated = len(ids) > cap
+        ids = ids[:cap]
         return Completion(
             text=bytes(ids).decode(errors="ignore"),
             prompt_token_ids=prompt_ids,

@@ -38,6 +38,7 @@ class BatchRecord(BaseModel):
 
     id: str
     status: Literal["ok", "error"]
+    run_id: str | None = None  # the trace store's run id (also the trajectory id)
     label: str | None = None
     label_set: str | None = None
     valence: str | None = None
@@ -54,6 +55,7 @@ class BatchRecord(BaseModel):
         return cls(
             id=item_id,
             status="ok" if result.ok else "error",
+            run_id=result.trajectory.id if result.trajectory else None,
             label=result.label,
             label_set=result.label_set,
             valence=result.valence,

@@ -14,12 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from graphs.batch import BatchInputError, BatchRecord, ResultsFile, read_batch_items, run_batch
 from graphs.config import ConfigError, GraphConfig
 from graphs.emotion_graph import EmotionGraph
+from graphs.trace_cli import traces_app
+from graphs.trace_recorder import TraceRecorder
+from graphs.trace_store import DEFAULT_TRACE_PATH, RunSource, TraceStore, TraceStoreError
 from graphs.trajectory import EmotionQuery, EmotionResult
 from prompts import UnknownLabelSetError
 
 app = typer.Typer(help="EMO-R3: reflective emotional reasoning over images.", no_args_is_help=True)
 models_app = typer.Typer(help="Build the offline models (no network needed).", no_args_is_help=True)
 app.add_typer(models_app, name="models")
+app.add_typer(traces_app, name="traces")
 
 out = Console()
 err = Console(stderr=True)
@@ -31,17 +35,31 @@ LabelSetOption = Annotated[
 MaxRoundsOption = Annotated[
     int | None, typer.Option("--max-rounds", min=0, help="corrections allowed (0 = score only)")
 ]
+TracesOption = Annotated[Path, typer.Option("--traces", help="trace store (SQLite) every run is recorded in")]
+NoTracesOption = Annotated[bool, typer.Option("--no-traces", help="do not record traces")]
 
 
-def _load_graph(config: Path | None, label_set: str | None, max_rounds: int | None) -> EmotionGraph:
+def _load_graph(
+    config: Path | None, label_set: str | None, max_rounds: int | None, traces: TraceRecorder | None
+) -> EmotionGraph:
     try:
         cfg = GraphConfig.load(config)
         overrides = {"label_set": label_set, "max_rounds": max_rounds}
         cfg = GraphConfig.load(cfg.model_dump() | {k: v for k, v in overrides.items() if v is not None})
         with err.status("loading models (the first run builds the offline models, about a minute)"):
-            return EmotionGraph.from_config(cfg)
+            return EmotionGraph.from_config(cfg, traces=traces)
     except (ConfigError, UnknownLabelSetError) as error:
         err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+
+
+def _recorder(path: Path, disabled: bool, source: RunSource) -> TraceRecorder | None:
+    if disabled:
+        return None
+    try:
+        return TraceRecorder(TraceStore(path), source=source)
+    except TraceStoreError as error:
+        err.print(f"[red]error:[/red] {error} (pass --no-traces to run without recording)")
         raise typer.Exit(2) from error
 
 
@@ -53,9 +71,11 @@ def run(
     label_set: LabelSetOption = None,
     max_rounds: MaxRoundsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the full result with its trajectory")] = False,
+    traces: TracesOption = DEFAULT_TRACE_PATH,
+    no_traces: NoTracesOption = False,
 ) -> None:
     """Recognise the emotion one image evokes, and show how the graph got there."""
-    graph = _load_graph(config, label_set, max_rounds)
+    graph = _load_graph(config, label_set, max_rounds, _recorder(traces, no_traces, "run"))
     try:
         query = EmotionQuery(images=list(images), text=text)
     except ValueError as error:
@@ -66,6 +86,8 @@ def run(
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
         _print_result(result)
+    if graph.traces is not None and result.trajectory is not None:
+        err.print(f"trace: emo-r3 traces show {result.trajectory.id[:12]} --traces {traces}", highlight=False)
     if not result.ok:
         raise typer.Exit(1)
 
@@ -101,6 +123,8 @@ def batch(
     concurrency: Annotated[int, typer.Option("--concurrency", "-j", min=1, help="graph runs at once")] = 4,
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="run items that failed before again")] = False,
     with_trajectory: Annotated[bool, typer.Option("--with-trajectory", help="store full trajectories")] = False,
+    traces: TracesOption = DEFAULT_TRACE_PATH,
+    no_traces: NoTracesOption = False,
 ) -> None:
     """Run many queries; re-running the same command resumes where it stopped (finished ids are skipped)."""
     try:
@@ -109,7 +133,7 @@ def batch(
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
     results = ResultsFile(results_path)
-    graph = _load_graph(config, label_set, max_rounds)
+    graph = _load_graph(config, label_set, max_rounds, _recorder(traces, no_traces, "batch"))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))  # fmt: skip
     with Progress(*columns, console=err) as progress:

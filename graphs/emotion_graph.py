@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from agents.call_record import Role
 from agents.chat_model import ChatModel
-from agents.images import ImageError, prepare_image
+from agents.images import ImageError, PreparedImage, prepare_image
 from agents.perceiver import Perceiver
 from agents.reasoner import Reasoner
 from agents.reflector import Reflector
@@ -20,6 +20,7 @@ from graphs.model_loading import load_role_models
 from graphs.nodes import GraphNodes
 from graphs.routing import after_reflect, recursion_limit, unless_error
 from graphs.state import GraphState, PreparedQuery, initial_state
+from graphs.trace_recorder import TraceRecorder
 from graphs.trajectory import EmotionQuery, EmotionResult, ImageRef, Termination, Trajectory
 from prompts import UnknownLabelSetError, get_label_set
 
@@ -44,9 +45,12 @@ def build_state_graph(nodes: GraphNodes) -> StateGraph:
 class EmotionGraph:
     """Runs queries through the reflective graph. Build with `from_config`, then `run`, `arun` or `abatch`."""
 
-    def __init__(self, config: GraphConfig, models: Mapping[Role, ChatModel]) -> None:
+    def __init__(
+        self, config: GraphConfig, models: Mapping[Role, ChatModel], *, traces: TraceRecorder | None = None
+    ) -> None:
         _check_image_support(config, models)
         self.config = config
+        self.traces = traces
         self.models = dict(models)
         self.label_set = get_label_set(config.label_set)
         nodes = GraphNodes(
@@ -65,13 +69,16 @@ class EmotionGraph:
         *,
         models: Mapping[Role, ChatModel] | None = None,
         cache_dir: Path | None = None,
+        traces: TraceRecorder | None = None,
     ) -> EmotionGraph:
         """Load the config (YAML path, dict or instance; None = offline defaults) and its models.
 
-        Pass `models` to use ChatModel instances you built yourself instead of the config's `models`.
+        Pass `models` to use ChatModel instances you built yourself instead of the config's `models`, and
+        `traces` (e.g. `TraceRecorder(TraceStore("runs/traces.sqlite"))`) to record every run.
         """
         cfg = GraphConfig.load(config)
-        return cls(cfg, models if models is not None else load_role_models(cfg, cache_dir=cache_dir))
+        models = models if models is not None else load_role_models(cfg, cache_dir=cache_dir)
+        return cls(cfg, models, traces=traces)
 
     def run(self, query: QueryLike, *, timeout: float | None = None) -> EmotionResult:
         """Synchronous `arun`, for scripts and notebooks without a running event loop."""
@@ -83,11 +90,20 @@ class EmotionGraph:
         try:
             prepared = await asyncio.to_thread(self.prepare, query)
         except (ImageError, UnknownLabelSetError, ValidationError) as error:
-            return EmotionResult(
+            result = EmotionResult(
                 query_id=query.id, label=None, label_set=self.label_set.name, termination="error",
                 error=f"bad input: {error}",
             )
-        return await self.arun_prepared(prepared, timeout=timeout)
+            return await self._record(result, query, ())
+        result = await self.arun_prepared(prepared, timeout=timeout)
+        return await self._record(result, query, prepared.images)
+
+    async def _record(
+        self, result: EmotionResult, query: EmotionQuery, images: tuple[PreparedImage, ...]
+    ) -> EmotionResult:
+        if self.traces is not None:
+            await self.traces.record(result, query=query, images=images, config_hash=self.config.fingerprint())
+        return result
 
     async def arun_prepared(self, query: PreparedQuery, *, timeout: float | None = None) -> EmotionResult:
         """Run the graph on an already prepared query (images decoded), e.g. when a caller reuses images."""
