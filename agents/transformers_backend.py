@@ -28,9 +28,16 @@ class TransformersChatModel:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_dir(cls, model_dir: str | Path, *, model_id: str | None = None) -> TransformersChatModel:
+    def from_dir(
+        cls,
+        model_dir: str | Path,
+        *,
+        model_id: str | None = None,
+        device: str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> TransformersChatModel:
         path = Path(model_dir)
-        return cls(load_hf_model(path), model_id=model_id or path.name)
+        return cls(load_hf_model(path, device=device, dtype=dtype), model_id=model_id or path.name)
 
     @property
     def model_id(self) -> str:

@@ -31,6 +31,10 @@ class ModelSpec(BaseModel):
 
     backend: Literal["transformers"] = "transformers"
     path: str = "offline:smollm2-idefics3"
+    device: str = Field("auto", description="auto = cuda if available, else cpu; or e.g. cuda:1")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto = bfloat16 on GPU, float32 on CPU"
+    )
 
 
 class RoleConfig(BaseModel):

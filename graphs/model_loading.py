@@ -29,9 +29,14 @@ def resolve_model_dir(path: str, cache_dir: Path | None = None) -> Path:
 
 
 def load_chat_model(spec: ModelSpec, *, cache_dir: Path | None = None) -> ChatModel:
+    import torch
+
     from agents.transformers_backend import TransformersChatModel
 
-    return TransformersChatModel.from_dir(resolve_model_dir(spec.path, cache_dir), model_id=spec.path)
+    device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = spec.dtype if spec.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
+    folder = resolve_model_dir(spec.path, cache_dir)
+    return TransformersChatModel.from_dir(folder, model_id=spec.path, device=device, dtype=getattr(torch, dtype))
 
 
 def load_role_models(config: GraphConfig, *, cache_dir: Path | None = None) -> dict[str, ChatModel]:
