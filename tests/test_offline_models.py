@@ -23,6 +23,7 @@ from agents.hf_loading import (
     eos_token_ids,
     load_hf_model,
 )
+from agents.model_cache import default_model_cache
 from agents.offline_models import (
     IDEFICS3_CHAT_TEMPLATE,
     IDEFICS3_IMAGE_SEQ_LEN,
@@ -30,7 +31,6 @@ from agents.offline_models import (
     SMOLLM2_GGUF_NAME,
     OfflineModelError,
     build_idefics3,
-    default_model_cache,
     ensure_model,
     smollm2_gguf_path,
 )
