@@ -44,6 +44,7 @@ class LLMCall(BaseModel):
     def from_completion(cls, completion: Completion, **fields: Any) -> LLMCall:
         return cls(
             model_id=completion.model_id,
+            adapter=completion.adapter,
             text=completion.text,
             prompt_token_ids=completion.prompt_token_ids,
             completion_token_ids=completion.completion_token_ids,

@@ -74,6 +74,7 @@ class Completion(BaseModel, frozen=True):
     usage: Usage
     latency_s: float
     model_id: str
+    adapter: str | None = Field(None, description="the LoRA adapter that served the call, if any")
 
 
 class ModelCallError(RuntimeError):
@@ -89,6 +90,11 @@ class ChatModel(Protocol):
     def model_id(self) -> str: ...
 
     @property
+    def adapter(self) -> str | None:
+        """The LoRA adapter requests go to (None = the base model)."""
+        ...
+
+    @property
     def supports_images(self) -> bool: ...
 
     async def chat(
@@ -98,3 +104,7 @@ class ChatModel(Protocol):
         *,
         choices: list[str] | None = None,
     ) -> Completion: ...
+
+    async def check_ready(self) -> None:
+        """Raise ModelCallError, saying what to start, if the model cannot serve calls now."""
+        ...

@@ -17,14 +17,13 @@ class AgentCallError(RuntimeError):
 
 
 class RoleAgent:
-    """Base for a role: one model, its sampling parameters and (optionally) the LoRA adapter serving it."""
+    """Base for a role: one model and its sampling parameters."""
 
     role: Role
 
-    def __init__(self, model: ChatModel, sampling: SamplingParams, *, adapter: str | None = None) -> None:
+    def __init__(self, model: ChatModel, sampling: SamplingParams) -> None:
         self.model = model
         self.sampling = sampling
-        self.adapter = adapter
 
     async def _call(
         self,
@@ -39,12 +38,13 @@ class RoleAgent:
         sampling = sampling or self.sampling
         fields = dict(
             role=self.role, purpose=purpose, node=node, round=round, messages=messages, choices=choices,
-            sampling=sampling, adapter=self.adapter,
+            sampling=sampling,
         )
         try:
             completion = await self.model.chat(messages, sampling, choices=choices)
         except ModelCallError as error:
-            raise AgentCallError(LLMCall(model_id=self.model.model_id, error=str(error), **fields)) from error
+            failed = LLMCall(model_id=self.model.model_id, adapter=self.model.adapter, error=str(error), **fields)
+            raise AgentCallError(failed) from error
         return completion, LLMCall.from_completion(completion, **fields)
 
     @staticmethod

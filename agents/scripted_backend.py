@@ -25,8 +25,15 @@ class ScriptedChatModel:
         return self._model_id
 
     @property
+    def adapter(self) -> str | None:
+        return None
+
+    @property
     def supports_images(self) -> bool:
         return self._supports_images
+
+    async def check_ready(self) -> None:
+        """In-process: loaded means ready."""
 
     async def chat(
         self, messages: list[ChatMessage], sampling: SamplingParams, *, choices: list[str] | None = None

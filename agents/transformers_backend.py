@@ -44,12 +44,19 @@ class TransformersChatModel:
         return self._model_id
 
     @property
+    def adapter(self) -> str | None:
+        return None
+
+    @property
     def supports_images(self) -> bool:
         return self._loaded.supports_images
 
     @property
     def tokenizer(self) -> Any:
         return self._loaded.tokenizer
+
+    async def check_ready(self) -> None:
+        """In-process: loaded means ready."""
 
     async def chat(
         self, messages: list[ChatMessage], sampling: SamplingParams, *, choices: list[str] | None = None

@@ -1,6 +1,6 @@
 """The reflective emotion graph: state, routing, nodes, batch execution and the `emo-r3` CLI."""
 
-from graphs.config import ConfigError, GraphConfig, ModelSpec, RoleConfig
+from graphs.config import ConfigError, GraphConfig, ModelSpec, RoleConfig, TransformersModelSpec, VLLMModelSpec
 from graphs.emotion_graph import EmotionGraph
 from graphs.trajectory import EmotionQuery, EmotionResult, GraphRunError, Reflection, Trajectory
 
@@ -15,4 +15,6 @@ __all__ = [
     "Reflection",
     "RoleConfig",
     "Trajectory",
+    "TransformersModelSpec",
+    "VLLMModelSpec",
 ]

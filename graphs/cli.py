@@ -11,10 +11,11 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from agents.chat_model import ModelCallError
 from graphs.batch import BatchInputError, BatchRecord, ResultsFile, read_batch_items, run_batch
 from graphs.config import ConfigError, GraphConfig
 from graphs.emotion_graph import EmotionGraph
-from graphs.trace_cli import traces_app
+from graphs.trace_cli import otel_exporter, traces_app
 from graphs.trace_recorder import TraceRecorder
 from graphs.trace_store import DEFAULT_TRACE_PATH, RunSource, TraceStore, TraceStoreError
 from graphs.trajectory import EmotionQuery, EmotionResult
@@ -37,6 +38,10 @@ MaxRoundsOption = Annotated[
 ]
 TracesOption = Annotated[Path, typer.Option("--traces", help="trace store (SQLite) every run is recorded in")]
 NoTracesOption = Annotated[bool, typer.Option("--no-traces", help="do not record traces")]
+OtlpOption = Annotated[
+    str | None,
+    typer.Option("--otlp", help="also export each run as OpenTelemetry spans, e.g. http://127.0.0.1:4318/v1/traces"),
+]
 
 
 def _load_graph(
@@ -47,20 +52,23 @@ def _load_graph(
         overrides = {"label_set": label_set, "max_rounds": max_rounds}
         cfg = GraphConfig.load(cfg.model_dump() | {k: v for k, v in overrides.items() if v is not None})
         with err.status("loading models (the first run builds the offline models, about a minute)"):
-            return EmotionGraph.from_config(cfg, traces=traces)
-    except (ConfigError, UnknownLabelSetError) as error:
+            graph = EmotionGraph.from_config(cfg, traces=traces)
+            asyncio.run(graph.check_ready())
+            return graph
+    except (ConfigError, UnknownLabelSetError, ModelCallError) as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
 
 
-def _recorder(path: Path, disabled: bool, source: RunSource) -> TraceRecorder | None:
-    if disabled:
+def _recorder(path: Path, disabled: bool, source: RunSource, otlp: str | None) -> TraceRecorder | None:
+    if disabled and otlp is None:
         return None
     try:
-        return TraceRecorder(TraceStore(path), source=source)
+        store = None if disabled else TraceStore(path)
     except TraceStoreError as error:
         err.print(f"[red]error:[/red] {error} (pass --no-traces to run without recording)")
         raise typer.Exit(2) from error
+    return TraceRecorder(store, source=source, exporter=otel_exporter(otlp) if otlp else None)
 
 
 @app.command()
@@ -73,9 +81,10 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="print the full result with its trajectory")] = False,
     traces: TracesOption = DEFAULT_TRACE_PATH,
     no_traces: NoTracesOption = False,
+    otlp: OtlpOption = None,
 ) -> None:
     """Recognise the emotion one image evokes, and show how the graph got there."""
-    graph = _load_graph(config, label_set, max_rounds, _recorder(traces, no_traces, "run"))
+    graph = _load_graph(config, label_set, max_rounds, _recorder(traces, no_traces, "run", otlp))
     try:
         query = EmotionQuery(images=list(images), text=text)
     except ValueError as error:
@@ -86,7 +95,9 @@ def run(
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
         _print_result(result)
-    if graph.traces is not None and result.trajectory is not None:
+    if graph.traces is not None:
+        graph.traces.close()
+    if graph.traces is not None and graph.traces.store is not None and result.trajectory is not None:
         err.print(f"trace: emo-r3 traces show {result.trajectory.id[:12]} --traces {traces}", highlight=False)
     if not result.ok:
         raise typer.Exit(1)
@@ -125,6 +136,7 @@ def batch(
     with_trajectory: Annotated[bool, typer.Option("--with-trajectory", help="store full trajectories")] = False,
     traces: TracesOption = DEFAULT_TRACE_PATH,
     no_traces: NoTracesOption = False,
+    otlp: OtlpOption = None,
 ) -> None:
     """Run many queries; re-running the same command resumes where it stopped (finished ids are skipped)."""
     try:
@@ -133,7 +145,7 @@ def batch(
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
     results = ResultsFile(results_path)
-    graph = _load_graph(config, label_set, max_rounds, _recorder(traces, no_traces, "batch"))
+    graph = _load_graph(config, label_set, max_rounds, _recorder(traces, no_traces, "batch", otlp))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))  # fmt: skip
     with Progress(*columns, console=err) as progress:
@@ -149,6 +161,8 @@ def batch(
             graph, items, results, max_concurrency=concurrency, retry_errors=retry_errors,
             with_trajectory=with_trajectory, on_record=on_record,
         ))  # fmt: skip
+    if graph.traces is not None:
+        graph.traces.close()
     err.print(
         f"{summary.ok} ok, {summary.errors} errors, {summary.skipped} already done"
         + (f", {summary.duplicates} duplicate ids ignored" if summary.duplicates else "")

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from agents.call_record import Role
 from agents.chat_model import SamplingParams
@@ -24,8 +33,8 @@ class ConfigError(ValueError):
     """A configuration that cannot work; the message names the field and what to change."""
 
 
-class ModelSpec(BaseModel):
-    """Where a model comes from. `path` is a local HF folder, or `offline:<kind>` for a model built locally."""
+class TransformersModelSpec(BaseModel):
+    """A model run in this process. `path` is a local HF folder, or `offline:<kind>` for a model built locally."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -35,6 +44,36 @@ class ModelSpec(BaseModel):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU"
     )
+
+
+class VLLMModelSpec(BaseModel):
+    """A model (or one LoRA adapter of it) served by vLLM's OpenAI-compatible server."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: Literal["vllm"]
+    base_url: str = Field(description="e.g. http://127.0.0.1:8000")
+    model: str = Field(description="the server's --served-model-name")
+    adapter: str | None = Field(None, description="a LoRA adapter name on that server")
+    api_key_env: str | None = Field(None, description="environment variable holding the API key (never stored)")
+    images: bool = Field(True, description="whether the served model takes images")
+    timeout_s: float = Field(120.0, gt=0)
+    max_retries: int = Field(3, ge=0)
+
+
+def _backend_of(spec: object) -> str:
+    # `backend` may be omitted: a model without one runs in-process.
+    return spec.get("backend", "transformers") if isinstance(spec, dict) else getattr(spec, "backend", "transformers")
+
+
+ModelSpec = Annotated[
+    Annotated[TransformersModelSpec, Tag("transformers")] | Annotated[VLLMModelSpec, Tag("vllm")],
+    Discriminator(_backend_of),
+]
+
+
+def _default_models() -> dict[str, ModelSpec]:
+    return {"default": TransformersModelSpec()}
 
 
 class RoleConfig(BaseModel):
@@ -70,7 +109,7 @@ class GraphConfig(BaseModel):
     checks: list[Check] = Field(default_factory=lambda: ["coherence", "consistency"])
     timeout_s: float | None = Field(600.0, gt=0, description="per graph run")
     image: ImageConfig = ImageConfig()
-    models: dict[str, ModelSpec] = Field(default_factory=lambda: {"default": ModelSpec()})
+    models: dict[str, ModelSpec] = Field(default_factory=_default_models)
     roles: dict[Role, RoleConfig] = Field(default_factory=_default_roles)
 
     @field_validator("label_set")

@@ -80,6 +80,11 @@ class EmotionGraph:
         models = models if models is not None else load_role_models(cfg, cache_dir=cache_dir)
         return cls(cfg, models, traces=traces)
 
+    async def check_ready(self) -> None:
+        """Raise ModelCallError naming the first model (e.g. a vLLM server) that cannot serve calls now."""
+        for model in {id(m): m for m in self.models.values()}.values():
+            await model.check_ready()
+
     def run(self, query: QueryLike, *, timeout: float | None = None) -> EmotionResult:
         """Synchronous `arun`, for scripts and notebooks without a running event loop."""
         return asyncio.run(self.arun(query, timeout=timeout))

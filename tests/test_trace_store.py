@@ -174,6 +174,7 @@ def test_kill_9_mid_batch_leaves_a_readable_store_with_every_finished_run(tiny_c
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and (not out.exists() or len(out.read_text().splitlines()) < 5):
+        assert process.poll() is None, "the batch exited before it could be killed"
         time.sleep(0.1)
     os.killpg(process.pid, signal.SIGKILL)
     process.wait()
