@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
+from graphs.results_file import ResultRecord, ResultsFile
 from graphs.trajectory import EmotionQuery, EmotionResult
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
@@ -33,10 +33,9 @@ class BatchItem(BaseModel):
     problem: str | None = None
 
 
-class BatchRecord(BaseModel):
+class BatchRecord(ResultRecord):
     """One line of the results file."""
 
-    id: str
     status: Literal["ok", "error"]
     run_id: str | None = None  # the trace store's run id (also the trajectory id)
     label: str | None = None
@@ -46,7 +45,7 @@ class BatchRecord(BaseModel):
     rationale: str = ""
     format_ok: bool = False
     termination: str | None = None
-    path: list[str] = []
+    path: list[str] = Field(default_factory=list)
     error: str | None = None
     trajectory: dict[str, Any] | None = None
 
@@ -106,47 +105,6 @@ def _one_line(error: Exception) -> str:
     return " ".join(str(error).split())
 
 
-class ResultsFile:
-    """Append-only JSONL of BatchRecords. Each record is one write + fsync, so a kill loses at most the
-    line being written; a torn last line is cut off on open, and its item runs again."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.records: dict[str, BatchRecord] = {}
-        if path.exists():
-            self._load_and_repair()
-
-    def _load_and_repair(self) -> None:
-        data = self.path.read_bytes()
-        good_end = 0
-        for line in data.splitlines(keepends=True):
-            if not line.endswith(b"\n"):
-                break
-            try:
-                record = BatchRecord.model_validate_json(line)
-            except ValidationError:
-                break
-            self.records[record.id] = record
-            good_end += len(line)
-        if good_end < len(data):
-            with self.path.open("r+b") as handle:
-                handle.truncate(good_end)
-
-    def done(self, item_id: str, *, retry_errors: bool = False) -> bool:
-        record = self.records.get(item_id)
-        return record is not None and not (retry_errors and record.status == "error")
-
-    def append(self, record: BatchRecord) -> None:
-        line = (record.model_dump_json(exclude_none=True) + "\n").encode()
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        try:
-            os.write(fd, line)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        self.records[record.id] = record
-
-
 class BatchSummary(BaseModel):
     total: int
     skipped: int
@@ -158,7 +116,7 @@ class BatchSummary(BaseModel):
 async def run_batch(
     graph: EmotionGraphLike,
     items: list[BatchItem],
-    results: ResultsFile,
+    results: ResultsFile[BatchRecord],
     *,
     max_concurrency: int = 4,
     retry_errors: bool = False,

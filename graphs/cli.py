@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Annotated
 
@@ -11,15 +12,12 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from agents.chat_model import ModelCallError
-from graphs.batch import BatchInputError, BatchRecord, ResultsFile, read_batch_items, run_batch
-from graphs.config import ConfigError, GraphConfig
-from graphs.emotion_graph import EmotionGraph
-from graphs.trace_cli import otel_exporter, traces_app
-from graphs.trace_recorder import TraceRecorder
-from graphs.trace_store import DEFAULT_TRACE_PATH, RunSource, TraceStore, TraceStoreError
+from graphs.batch import BatchInputError, BatchRecord, read_batch_items, run_batch
+from graphs.cli_setup import load_graph, recorder
+from graphs.results_file import ResultsFile, ResultsFileError
+from graphs.trace_cli import traces_app
+from graphs.trace_store import DEFAULT_TRACE_PATH
 from graphs.trajectory import EmotionQuery, EmotionResult
-from prompts import UnknownLabelSetError
 
 app = typer.Typer(help="EMO-R3: reflective emotional reasoning over images.", no_args_is_help=True)
 models_app = typer.Typer(help="Build the offline models (no network needed).", no_args_is_help=True)
@@ -44,33 +42,6 @@ OtlpOption = Annotated[
 ]
 
 
-def _load_graph(
-    config: Path | None, label_set: str | None, max_rounds: int | None, traces: TraceRecorder | None
-) -> EmotionGraph:
-    try:
-        cfg = GraphConfig.load(config)
-        overrides = {"label_set": label_set, "max_rounds": max_rounds}
-        cfg = GraphConfig.load(cfg.model_dump() | {k: v for k, v in overrides.items() if v is not None})
-        with err.status("loading models (the first run builds the offline models, about a minute)"):
-            graph = EmotionGraph.from_config(cfg, traces=traces)
-            asyncio.run(graph.check_ready())
-            return graph
-    except (ConfigError, UnknownLabelSetError, ModelCallError) as error:
-        err.print(f"[red]error:[/red] {error}")
-        raise typer.Exit(2) from error
-
-
-def _recorder(path: Path, disabled: bool, source: RunSource, otlp: str | None) -> TraceRecorder | None:
-    if disabled and otlp is None:
-        return None
-    try:
-        store = None if disabled else TraceStore(path)
-    except TraceStoreError as error:
-        err.print(f"[red]error:[/red] {error} (pass --no-traces to run without recording)")
-        raise typer.Exit(2) from error
-    return TraceRecorder(store, source=source, exporter=otel_exporter(otlp) if otlp else None)
-
-
 @app.command()
 def run(
     images: Annotated[list[Path], typer.Argument(help="image file(s) of one query")],
@@ -84,7 +55,7 @@ def run(
     otlp: OtlpOption = None,
 ) -> None:
     """Recognise the emotion one image evokes, and show how the graph got there."""
-    graph = _load_graph(config, label_set, max_rounds, _recorder(traces, no_traces, "run", otlp))
+    graph = load_graph(config, label_set, max_rounds, recorder(traces, no_traces, "run", otlp))
     try:
         query = EmotionQuery(images=list(images), text=text)
     except ValueError as error:
@@ -144,8 +115,12 @@ def batch(
     except BatchInputError as error:
         err.print(f"[red]error:[/red] {error}")
         raise typer.Exit(2) from error
-    results = ResultsFile(results_path)
-    graph = _load_graph(config, label_set, max_rounds, _recorder(traces, no_traces, "batch", otlp))
+    try:
+        results = ResultsFile(results_path, BatchRecord)
+    except ResultsFileError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    graph = load_graph(config, label_set, max_rounds, recorder(traces, no_traces, "batch", otlp))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                TextColumn("{task.fields[status]}"))  # fmt: skip
     with Progress(*columns, console=err) as progress:
@@ -192,6 +167,18 @@ def import_smollm2(directory: ModelsDir) -> None:
         with err.status(f"building {kind}"):
             out.print(f"{kind}: {ensure_model(kind, directory)}")
 
+
+def _add_plugin_commands() -> None:
+    """Commands of packages that build on graphs (e.g. `eval` from evals/, `train` from training/) register
+    under the `emo_r3.commands` entry-point group, so graphs never imports them."""
+    for entry in entry_points(group="emo_r3.commands"):
+        try:
+            app.add_typer(entry.load(), name=entry.name)
+        except ImportError as error:  # a broken plugin must not take the other commands down with it
+            err.print(f"[yellow]warning:[/yellow] `emo-r3 {entry.name}` is unavailable: {error}")
+
+
+_add_plugin_commands()
 
 if __name__ == "__main__":
     app()

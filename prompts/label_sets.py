@@ -149,7 +149,7 @@ def get_label_set(spec: str | list[str] | LabelSet) -> LabelSet:
     if isinstance(spec, LabelSet):
         return spec
     if isinstance(spec, str):
-        key = spec.strip().lower()
+        key = spec.strip().lower().removeprefix("custom:")  # a custom set's own name resolves back to it
         if key in BUILTIN_LABEL_SETS:
             return BUILTIN_LABEL_SETS[key]
         if "," not in key:

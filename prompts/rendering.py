@@ -11,7 +11,9 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 PROMPT_VERSION = "v1"
 
-TemplateName = Literal["perceiver", "reasoner", "coherence", "consistency", "correction", "label_choice"]
+TemplateName = Literal[
+    "perceiver", "reasoner", "coherence", "consistency", "correction", "label_choice", "set_single"
+]
 
 
 @cache

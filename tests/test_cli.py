@@ -135,3 +135,12 @@ def test_batch_jsonl_with_bad_lines_and_a_torn_last_line(tiny_config, tmp_path, 
     assert "line 2" in records["line-2"]["error"]
     assert "over the limit" in records["huge-text"]["error"]
     assert records["no-image"]["status"] == "error"
+
+
+def test_batch_refuses_a_results_file_of_another_kind(tiny_config, tmp_path, noise_image):
+    out = tmp_path / "out.jsonl"
+    foreign = '{"id": "x", "status": "ok", "label": "awe"}\n{"not": "a batch record"}\n'
+    out.write_text(foreign)
+    done = emo_r3("batch", str(noise_image.parent), "--out", str(out), "--config", str(tiny_config))
+    assert done.returncode == 2 and "out.jsonl:2" in done.stderr
+    assert out.read_text() == foreign  # nothing cut, nothing appended

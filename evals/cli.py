@@ -1,0 +1,172 @@
+"""`emo-r3 eval`: run a standard dataset through the graph and report; `emo-r3 eval compare A B`."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from evals.compare import compare_runs
+from evals.items import LoadedDataset
+from evals.loaders import DatasetError, load_dataset, parse_dataset_spec
+from evals.metrics import compute_metrics
+from evals.predictions import PredictionRecord
+from evals.report import write_comparison, write_report
+from evals.runner import evaluate_graph, evaluate_paper_parity, pending_items
+from graphs.cli_setup import load_graph, recorder
+from graphs.results_file import ResultsFile, ResultsFileError
+from graphs.trace_store import DEFAULT_TRACE_PATH
+from prompts import LabelSet, get_label_set
+
+eval_app = typer.Typer(help="Evaluate on the standard visual-emotion datasets.", invoke_without_command=True)
+out = Console()
+err = Console(stderr=True)
+
+PREDICTIONS, METRICS, META = "predictions.jsonl", "metrics.json", "meta.json"
+
+
+@eval_app.callback()
+def evaluate(
+    ctx: typer.Context,
+    dataset: Annotated[
+        str | None, typer.Option("--dataset", "-d", help="KIND:PATH, e.g. emoset:/data/EmoSet-118K")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="split to use (the layout's default if omitted)")] = None,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="graph config YAML")] = None,
+    output: Annotated[
+        Path | None, typer.Option("--out", "-o", help="eval folder (default runs/eval/KIND-SPLIT)")
+    ] = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="a seeded sample of this many items")] = None,
+    seed: Annotated[int, typer.Option(help="seed of the --limit sample")] = 0,
+    concurrency: Annotated[int, typer.Option("--concurrency", "-j", min=1)] = 4,
+    max_rounds: Annotated[int | None, typer.Option("--max-rounds", min=0)] = None,
+    paper_parity: Annotated[
+        bool, typer.Option("--paper-parity", help="one SET answer per image, exact match of the boxed label")
+    ] = False,
+    retry_errors: Annotated[bool, typer.Option("--retry-errors", help="run failed items again")] = False,
+    traces: Annotated[Path, typer.Option("--traces", help="trace store")] = DEFAULT_TRACE_PATH,
+    no_traces: Annotated[bool, typer.Option("--no-traces")] = False,
+) -> None:
+    """Run the graph over a dataset (resumable: re-run the same command to continue), then write predictions,
+    metrics and a report (Markdown + self-contained HTML) into the eval folder."""
+    if ctx.invoked_subcommand is not None:
+        return
+    if dataset is None:
+        raise typer.BadParameter("--dataset KIND:PATH is required (or use `emo-r3 eval compare`)")
+    try:
+        kind, path = parse_dataset_spec(dataset)
+        loaded = load_dataset(kind, path, split=split, limit=limit, seed=seed)
+    except DatasetError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    for problem in loaded.skipped:
+        err.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+    folder = output or Path("runs") / "eval" / f"{kind}-{loaded.split or 'all'}"
+    results = _open_predictions(folder / PREDICTIONS)
+    graph = load_graph(config, None, max_rounds, recorder(traces, no_traces, "eval", None))
+    items = pending_items(loaded, results, retry_errors)
+    err.print(f"{len(loaded.items)} items ({len(loaded.items) - len(items)} already done) → {folder}")
+    run = evaluate_paper_parity if paper_parity else evaluate_graph
+    with _progress(len(items)) as advance:
+        asyncio.run(run(graph, items, results, max_concurrency=concurrency, on_record=advance))
+    if graph.traces is not None:
+        graph.traces.close()
+    records = [results.records[item.id] for item in loaded.items if item.id in results.records]
+    if not records:
+        err.print("[red]error:[/red] no item was evaluated (see the skipped inputs above)")
+        raise typer.Exit(1)
+    _finish(folder, loaded, dataset, paper_parity, graph.config.fingerprint(), records)
+
+
+def _scoring_label_set(loaded: LoadedDataset) -> LabelSet:
+    """The dataset's label set; for per-item candidate sets (VECBench) the union of every item's labels."""
+    if loaded.label_set != "per-item":
+        return get_label_set(loaded.label_set)
+    return get_label_set(sorted({label for item in loaded.items for label in get_label_set(item.label_set).labels}))
+
+
+def _finish(
+    folder: Path, loaded: LoadedDataset, spec: str, parity: bool, config_hash: str, records: list[PredictionRecord]
+) -> None:
+    metrics = compute_metrics(records, _scoring_label_set(loaded))
+    meta = {
+        "dataset": spec, "kind": loaded.kind, "split": loaded.split, "label_set": loaded.label_set,
+        "paper_parity": parity, "config_hash": config_hash, "items": len(records), "skipped": loaded.skipped,
+    }  # fmt: skip
+    (folder / METRICS).write_text(metrics.model_dump_json(indent=2))
+    (folder / META).write_text(json.dumps(meta, indent=2))
+    title = f"EMO-R3 eval: {spec}" + (" (paper parity)" if parity else "")
+    markdown, html = write_report(metrics, records, folder, title=title, meta=meta)
+    out.print(f"accuracy {metrics.accuracy:.4f}  macro-F1 {metrics.macro_f1:.4f}  weighted-F1 {metrics.weighted_f1:.4f}"
+              f"  ({metrics.n} items)")  # fmt: skip
+    err.print(f"report: {markdown}  {html}")
+
+
+class _progress:
+    """A progress bar whose `advance` takes the finished record (errors are printed as they happen)."""
+
+    def __init__(self, total: int) -> None:
+        columns = (TextColumn("emo-r3 eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        self._bar = Progress(*columns, console=err)
+        self._task = self._bar.add_task("eval", total=total)
+
+    def __enter__(self):
+        self._bar.__enter__()
+        return self.advance
+
+    def advance(self, record: PredictionRecord) -> None:
+        self._bar.update(self._task, advance=1)
+        if record.status == "error":
+            self._bar.console.print(f"[yellow]{record.id}[/yellow]: {record.error}", highlight=False)
+
+    def __exit__(self, *exc: object) -> None:
+        self._bar.__exit__(*exc)
+
+
+def _open_predictions(path: Path) -> ResultsFile[PredictionRecord]:
+    try:
+        return ResultsFile(path, PredictionRecord)
+    except ResultsFileError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+
+
+def _read_predictions(folder: Path) -> tuple[list[PredictionRecord], str]:
+    path = folder / PREDICTIONS
+    if not path.is_file():
+        err.print(f"[red]error:[/red] {folder} holds no {PREDICTIONS}; pass the folder an `emo-r3 eval` wrote")
+        raise typer.Exit(2)
+    records = list(_open_predictions(path).records.values())
+    meta = json.loads((folder / META).read_text()) if (folder / META).is_file() else {}
+    return records, meta.get("label_set") or (records[0].label_set if records else "mikels8")
+
+
+@eval_app.command()
+def compare(
+    run_a: Annotated[Path, typer.Argument(help="eval folder A")],
+    run_b: Annotated[Path, typer.Argument(help="eval folder B")],
+    output: Annotated[Path | None, typer.Option("--out", "-o", help="also write comparison.md/.html here")] = None,
+) -> None:
+    """Side-by-side metrics of two evals on the same items, with a significance estimate for the difference."""
+    records_a, label_set = _read_predictions(run_a)
+    records_b, _ = _read_predictions(run_b)
+    try:
+        comparison = compare_runs(records_a, records_b, get_label_set(label_set), name_a=run_a.name, name_b=run_b.name)
+    except ValueError as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(2) from error
+    table = Table("metric", f"A {run_a.name}", f"B {run_b.name}", "B − A")
+    for row in comparison.rows():
+        table.add_row(*row)
+    out.print(table)
+    out.print(comparison.verdict, highlight=False)
+    if output is not None:
+        meta = {"A": str(run_a), "B": str(run_b), "label_set": label_set}
+        markdown, html = write_comparison(comparison, output, title=f"{run_a.name} vs {run_b.name}", meta=meta)
+        err.print(f"comparison: {markdown}  {html}")
