@@ -52,6 +52,7 @@ class VLLMChatModel:
         self._adapter = adapter
         self._api_key_env = api_key_env
         self._supports_images = supports_images
+        self._timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
         self._max_retries = max_retries
         self._backoff_s = backoff_s
@@ -85,7 +86,7 @@ class VLLMChatModel:
         latency = time.perf_counter() - start
         try:
             return [self._completion(payload, choice, latency) for choice in _choices(payload, n, self.base_url)]
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, AttributeError, ValueError) as error:  # ValueError: pydantic's, on bad values
             raise ModelCallError(
                 f"{self.base_url}: unexpected response shape ({type(error).__name__}: {error})"
             ) from error
@@ -120,12 +121,14 @@ class VLLMChatModel:
         if len(logprobs) != len(ids):
             raise ModelCallError(f"{self.base_url}: {len(ids)} token ids but {len(logprobs)} logprobs in one choice")
         finish = choice.get("finish_reason")
+        if finish not in ("stop", "length"):  # "abort"/"error": the server gave up; not an answer to record
+            raise ModelCallError(f"{self.base_url}: the generation ended with finish_reason={finish!r}, not an answer")
         return Completion(
             text=choice["message"].get("content") or "",
             prompt_token_ids=prompt_ids,
             completion_token_ids=ids,
             logprobs=logprobs,
-            finish_reason="length" if finish == "length" else "stop",
+            finish_reason=finish,
             usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(ids)),
             latency_s=latency,
             model_id=self.model_id,
@@ -135,14 +138,25 @@ class VLLMChatModel:
     async def check_ready(self) -> None:
         """Raise ServerNotReadyError unless the server answers /health and serves this model (or adapter)."""
         wanted = self._adapter or self.model
-        try:
-            health = await self._client().get(f"{self.base_url}/health", timeout=5.0)
-            models = await self._client().get(f"{self.base_url}/v1/models", headers=self._headers(), timeout=5.0)
+        headers = self._headers()
+        try:  # a client of its own: callers often check in one event loop and run in another
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                health = await client.get(f"{self.base_url}/health")
+                models = await client.get(f"{self.base_url}/v1/models", headers=headers)
         except httpx.HTTPError as error:
             raise ServerNotReadyError(self._not_ready(f"cannot connect ({type(error).__name__})")) from error
         if health.status_code != 200:
             raise ServerNotReadyError(self._not_ready(f"/health answered {health.status_code}"))
-        served = [entry.get("id") for entry in _json(models, self.base_url).get("data", [])]
+        if models.status_code in (401, 403):
+            raise ServerNotReadyError(
+                f"the vLLM server at {self.base_url} refused the API key (HTTP {models.status_code}); "
+                + (f"check the environment variable {self._api_key_env}" if self._api_key_env
+                   else "name the variable holding its key in the model's `api_key_env`")
+            )  # fmt: skip
+        if models.status_code != 200:
+            raise ServerNotReadyError(self._not_ready(f"/v1/models answered {models.status_code}"))
+        data = _json(models, self.base_url).get("data")
+        served = [entry.get("id") for entry in data if isinstance(entry, dict)] if isinstance(data, list) else []
         if wanted not in served:
             raise ServerNotReadyError(
                 f"the vLLM server at {self.base_url} does not serve {wanted!r} (it serves {served}); "
@@ -160,18 +174,27 @@ class VLLMChatModel:
 
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
+        headers = self._headers()
         problem = ""
         for attempt in range(self._max_retries + 1):
             if attempt:
                 await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
             try:
-                response = await self._client().post(url, json=body, headers=self._headers())
-            except (httpx.ConnectError, httpx.RemoteProtocolError, httpx.ReadError) as error:
-                problem = f"connection failed ({type(error).__name__}: {error})"
+                # The deadline covers the whole answer: httpx's read timeout is per read, so a server that
+                # trickles bytes would never time out.
+                async with asyncio.timeout(self._timeout_s):
+                    response = await self._client().post(url, json=body, headers=headers)
+            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+                problem = f"vLLM server unreachable ({type(error).__name__}: {error})"
                 continue
-            except httpx.TimeoutException as error:
-                problem = f"no answer within {self._timeout.read} s ({type(error).__name__})"
+            except (httpx.TimeoutException, TimeoutError) as error:
+                problem = f"no answer within {self._timeout_s} s ({type(error).__name__})"
                 continue
+            except (httpx.NetworkError, httpx.RemoteProtocolError) as error:  # reset, closed, died mid-answer
+                problem = f"connection to the vLLM server lost ({type(error).__name__}: {error})"
+                continue
+            except httpx.TransportError as error:  # not transient (e.g. unsupported protocol): no retry
+                raise ModelCallError(f"{url}: {type(error).__name__}: {error}") from error
             if response.status_code in RETRY_STATUS:
                 problem = f"HTTP {response.status_code}: {_error_text(response)}"
                 continue
@@ -186,8 +209,12 @@ class VLLMChatModel:
         raise ModelCallError(f"{url}: {problem} (gave up after {self._max_retries + 1} attempts)")
 
     def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self._api_key_env) if self._api_key_env else None
-        return {"Authorization": f"Bearer {key}"} if key else {}
+        if not self._api_key_env:
+            return {}
+        key = os.environ.get(self._api_key_env)
+        if not key:  # sending no key would only come back as a puzzling 401
+            raise ModelCallError(f"api_key_env is {self._api_key_env}, but that environment variable is not set")
+        return {"Authorization": f"Bearer {key}"}
 
     def _client(self) -> httpx.AsyncClient:
         # A pooled client belongs to the event loop that created it; `EmotionGraph.run` makes one loop per call.
@@ -246,5 +273,8 @@ def _error_text(response: httpx.Response) -> str:
         detail = response.json()
     except ValueError:
         return response.text[:300]
-    message = detail.get("message") or detail.get("error", {}).get("message") if isinstance(detail, dict) else None
+    # vLLM answers {"error": {"message": ...}}, older servers {"message": ...}, its API-key check {"error": "..."}
+    error = detail.get("error") if isinstance(detail, dict) else None
+    message = detail.get("message") if isinstance(detail, dict) else None
+    message = message or (error.get("message") if isinstance(error, dict) else error)
     return str(message or detail)[:300]
