@@ -9,6 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+# The real vLLM server fixture (tests/vllm_server.py): one CPU server per session, started on first use.
+pytest_plugins = ["vllm_server"]
+
 # Tests never reach a model hub; anything that tries must fail loudly instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -31,6 +31,7 @@ from agents.offline_models import (
     SMOLLM2_GGUF_NAME,
     OfflineModelError,
     build_idefics3,
+    build_lora_adapter,
     ensure_model,
     smollm2_gguf_path,
 )
@@ -204,6 +205,32 @@ def test_tiny_builds_are_reproducible(tiny_idefics3: LoadedModel, fresh_cache: P
     rebuilt = load_hf_model(build_idefics3(tmp_path / "again", text_model="tiny", seed=0))
     for name, tensor in tiny_idefics3.model.state_dict().items():
         assert torch.equal(tensor, rebuilt.model.state_dict()[name]), name
+
+
+def test_lora_adapter_targets_the_text_model_and_changes_greedy_output(
+    tiny_idefics3: LoadedModel, fresh_cache: Path, image: Image.Image, tmp_path: Path
+) -> None:
+    """Keys as vLLM expects them, same seed same weights, and a visible effect on greedy decoding."""
+    from peft import PeftModel
+    from safetensors.torch import load_file
+
+    base_dir = fresh_cache / "tiny-idefics3"
+    adapter = build_lora_adapter(base_dir, tmp_path / "a", seed=1)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert weights and all(key.startswith("base_model.model.model.text_model.layers.") for key in weights)
+    assert {key.split(".")[-3] for key in weights} == {"q_proj", "v_proj"}
+    again = load_file(build_lora_adapter(base_dir, tmp_path / "b", seed=1) / "adapter_model.safetensors")
+    assert all(torch.equal(weights[key], again[key]) for key in weights)
+    (tmp_path / "llama").mkdir()
+    (tmp_path / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    with pytest.raises(OfflineModelError, match="LoRA builds need an Idefics3"):
+        build_lora_adapter(tmp_path / "llama", tmp_path / "c", seed=1)
+
+    inputs = _vlm_inputs(tiny_idefics3, "How does this feel?", [image])
+    wrapped = PeftModel.from_pretrained(load_hf_model(base_dir).model, adapter).eval()
+    with torch.no_grad():
+        output = wrapped.generate(**inputs, max_new_tokens=8, do_sample=False)
+    assert output[0, inputs["input_ids"].shape[1] :].tolist() != _greedy(tiny_idefics3, inputs, 8)
 
 
 # --------------------------------------------------------------------------- tiny Qwen2.5-VL
