@@ -6,6 +6,8 @@ import hashlib
 import io
 import math
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -74,27 +76,41 @@ def _decode(data: bytes | str | Path, source: str | None, max_decode_pixels: int
         data = path.read_bytes()
     if not data:
         raise ImageError(f"{name}: the file is empty (0 bytes)")
+    with pil_errors(name):
+        image = Image.open(io.BytesIO(data))
+        check_decode_budget(image, name, max_decode_pixels)
+        image.seek(0)  # animated images: the first frame stands for the picture
+        image.load()
+    return image
+
+
+@contextmanager
+def pil_errors(name: str | None) -> Iterator[None]:
+    """Turn PIL's decoding failures (and its bomb warning) into an ImageError that names the input (if given)."""
+    prefix = f"{name}: " if name else ""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-            width, height = image.size
-            if width * height > max_decode_pixels:
-                raise ImageError(
-                    f"{name}: {width}x{height} is {width * height:,} pixels, over the decode budget of "
-                    f"{max_decode_pixels:,}; downscale it first or raise max_decode_pixels"
-                )
-            image.seek(0)  # animated images: the first frame stands for the picture
-            image.load()
+            yield
     except ImageError:
         raise
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"{name}: refused as a decompression bomb ({error})") from error
+        raise ImageError(f"{prefix}refused as a decompression bomb ({error})") from error
     except UnidentifiedImageError as error:
-        raise ImageError(f"{name}: not an image file (unrecognised format)") from error
-    except (OSError, SyntaxError, ValueError) as error:
-        raise ImageError(f"{name}: corrupt or truncated image ({error})") from error
-    return image
+        raise ImageError(f"{prefix}not an image file (unrecognised format)") from error
+    except (OSError, SyntaxError, ValueError, EOFError) as error:
+        raise ImageError(f"{prefix}corrupt or truncated image ({error})") from error
+
+
+def check_decode_budget(image: Image.Image, name: str | None, max_decode_pixels: int = MAX_DECODE_PIXELS) -> None:
+    """Refuse an opened (not yet decoded) image whose header promises more pixels than the budget."""
+    width, height = image.size
+    if width * height > max_decode_pixels:
+        prefix = f"{name}: " if name else ""
+        raise ImageError(
+            f"{prefix}{width}x{height} is {width * height:,} pixels, over the decode budget of "
+            f"{max_decode_pixels:,}; downscale it first or raise max_decode_pixels"
+        )
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

@@ -47,3 +47,25 @@ def model_cache() -> Path:
     from agents.model_cache import default_model_cache
 
     return default_model_cache()
+
+
+@pytest.fixture(scope="session")
+def tiny_config(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
+    """A graph config file with every role on the tiny random Idefics3: fast on CPU, short greedy answers."""
+    import yaml
+
+    from agents.offline_models import ensure_model
+
+    ensure_model("tiny-idefics3", model_cache)
+    short = {"temperature": 0, "max_tokens": 16}
+    config = {
+        "models": {"default": {"path": "offline:tiny-idefics3"}},
+        "roles": {
+            "perceiver": {"sampling": short},
+            "reasoner": {"sampling": short},
+            "reflector": {"sampling": short | {"max_tokens": 4}},
+        },
+    }
+    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

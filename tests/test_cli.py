@@ -11,30 +11,9 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import yaml
 from PIL import Image
 
 EMO_R3 = [sys.executable, "-m", "graphs.cli"]
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> Path:
-    """All roles on the tiny random Idefics3 (fast on CPU), short answers."""
-    from agents.offline_models import ensure_model
-
-    ensure_model("tiny-idefics3", model_cache)
-    config = {
-        "models": {"default": {"path": "offline:tiny-idefics3"}},
-        "roles": {
-            "perceiver": {"sampling": {"temperature": 0, "max_tokens": 24}},
-            "reasoner": {"sampling": {"temperature": 0, "max_tokens": 24}},
-            "reflector": {"sampling": {"temperature": 0, "max_tokens": 4}},
-        },
-    }
-    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 def emo_r3(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:

@@ -13,26 +13,10 @@ import sys
 from pathlib import Path
 
 import pytest
-import yaml
-
-from agents.offline_models import ensure_model
 
 PSEUDO_LABELS = {"astronaut": "excitement", "coffee": "contentment", "chelsea": "contentment",
                  "rocket": "awe", "grace_hopper": "awe"}  # fmt: skip
 EMO_R3 = [sys.executable, "-m", "graphs.cli"]
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory, model_cache: Path) -> Path:
-    ensure_model("tiny-idefics3", model_cache)
-    sampling = {"temperature": 0, "max_tokens": 12}
-    config = {
-        "models": {"default": {"path": "offline:tiny-idefics3"}},
-        "roles": {role: {"sampling": sampling} for role in ("perceiver", "reasoner", "reflector")},
-    }
-    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 @pytest.fixture

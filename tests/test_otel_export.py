@@ -412,22 +412,12 @@ def test_export_stored_run_ends_when_it_was_recorded(phoenix, accepted, tmp_path
     check_trace_matches_plan(spans, plans, detail.summary.created_at - plans[0].end_s)
 
 
-def test_cli_exports_a_store_and_live_runs_to_the_receiver(phoenix, tmp_path, bundled_images, model_cache):
+def test_cli_exports_a_store_and_live_runs_to_the_receiver(phoenix, tmp_path, bundled_images, tiny_config):
     """`emo-r3 run --otlp` exports live; `emo-r3 traces export --otlp` sends what a store holds."""
     import json
     import sys
 
-    import yaml
-
-    from agents.offline_models import ensure_model
-
-    ensure_model("tiny-idefics3", model_cache)
-    sampling = {"sampling": {"temperature": 0, "max_tokens": 8}}
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({
-        "models": {"default": {"path": "offline:tiny-idefics3"}},
-        "roles": dict.fromkeys(("perceiver", "reasoner", "reflector"), sampling),
-    }))  # fmt: skip
+    config = tiny_config
     traces, emo_r3 = tmp_path / "traces.sqlite", [sys.executable, "-m", "graphs.cli"]
     endpoint = f"{phoenix}/v1/traces"
     live = subprocess.run(

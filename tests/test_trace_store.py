@@ -11,10 +11,8 @@ import sqlite3
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
-import yaml
 from PIL import Image
 
 from agents.scripted_backend import ScriptedChatModel
@@ -143,21 +141,6 @@ def test_concurrent_writer_processes(tmp_path, noise_image):
     store = TraceStore(path, readonly=True)
     assert store.count_runs() == 100
     assert all(len(store.get_run(run.id).result.trajectory.calls) == 4 for run in store.list_runs(limit=10))
-
-
-@pytest.fixture(scope="module")
-def tiny_config(tmp_path_factory, model_cache: Path) -> Path:
-    from agents.offline_models import ensure_model
-
-    ensure_model("tiny-idefics3", model_cache)
-    sampling = {"temperature": 0, "max_tokens": 16}
-    config = {
-        "models": {"default": {"path": "offline:tiny-idefics3"}},
-        "roles": {role: {"sampling": sampling} for role in ("perceiver", "reasoner", "reflector")},
-    }
-    path = tmp_path_factory.mktemp("config") / "tiny.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
 
 
 EMO_R3 = [sys.executable, "-m", "graphs.cli"]

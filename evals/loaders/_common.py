@@ -7,15 +7,14 @@ import io
 import os
 import random
 import re
-import warnings
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from agents.images import MAX_DECODE_PIXELS, ImageError
+from agents.images import ImageError, check_decode_budget, pil_errors
 from evals.items import EvalItem
 from prompts.label_sets import BUILTIN_LABEL_SETS, MIKELS_8, LabelSet, get_label_set
 
@@ -112,28 +111,17 @@ def image_problem(image: Path | bytes, *, verify: bool) -> str | None:
 
 def _parse(image: Path | bytes) -> None:
     source = io.BytesIO(image) if isinstance(image, bytes) else image
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(source) as opened:
-                width, height = opened.size
-                if width * height > MAX_DECODE_PIXELS:
-                    raise ImageError(f"{width}x{height} is over the decode budget of {MAX_DECODE_PIXELS:,} pixels")
-                if opened.format == "PNG":
-                    opened.verify()
-                elif opened.format == "JPEG":
-                    opened.draft("RGB", (max(1, width // 8), max(1, height // 8)))
-                    opened.load()
-                else:
-                    opened.load()
-    except ImageError:
-        raise
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(f"refused as a decompression bomb ({error})") from error
-    except UnidentifiedImageError as error:
-        raise ImageError("not an image file (unrecognised format)") from error
-    except (OSError, SyntaxError, ValueError, EOFError) as error:
-        raise ImageError(f"corrupt or truncated image ({error})") from error
+    # The same errors and pixel budget as prepare_image, so an image that passes here passes there too.
+    with pil_errors(None), Image.open(source) as opened:
+        check_decode_budget(opened, None)
+        width, height = opened.size
+        if opened.format == "PNG":
+            opened.verify()
+        elif opened.format == "JPEG":
+            opened.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+            opened.load()
+        else:
+            opened.load()
 
 
 # --------------------------------------------------------------------------------------------------------- labels
