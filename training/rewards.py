@@ -1,0 +1,184 @@
+"""EMO-R3's Reflective Emotional Reward (RER), graph-level terms, and per-role credit over graph trajectories.
+
+Pure functions of a `Trajectory` and its gold label; no model calls (the reflector's verdicts are already in it).
+
+Choices:
+* The RER's coherence and consistency terms are read from the trajectory's FIRST round's reflection: EMO-R3 scores
+  the policy's own answer, before the reflector's feedback loop could change it. Accuracy and format are read from
+  the FINAL reasoning, the answer the graph returns.
+* A missing verdict (check disabled, or the run ended before it) scores 0.5, like a failed extraction: no evidence.
+* A trajectory without any reasoning (run error) scores 0 on every term.
+
+Reference-code bugs fixed here (the EMO-R3 reward function):
+* consistency used substring tests (`"no" in answer`), so "not", "none", "unknown" counted as "no"; here only the
+  exact answers "yes"/"no" (stripped, lower-cased) count, anything else scores 0.5.
+* coherence compared raw strings; here labels are compared stripped and lower-cased on both sides, like accuracy.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from agents.call_record import Role
+from graphs.trajectory import Reflection, Trajectory
+
+NO_EVIDENCE = 0.5
+
+
+class RERWeights(BaseModel, frozen=True):
+    """R = 0.8·acc + 0.1·coh + 0.1·con + 0.1·fmt (reference), or 0.9·acc·coh·con + 0.1·fmt when multiplicative."""
+
+    accuracy: float = 0.8
+    coherence: float = 0.1
+    consistency: float = 0.1
+    format: float = 0.1
+    coherence_target: Literal["ground_truth", "own_answer"] = "ground_truth"
+    multiplicative: bool = False
+    multiplicative_scale: float = 0.9
+
+
+class GraphTermWeights(BaseModel, frozen=True):
+    """R_graph = +gain·[first wrong ∧ final right] − harm·[first right ∧ final wrong] − round_cost·corrections.
+
+    Keep gain ≤ round_cost: otherwise answering wrong on purpose in round 0 and being corrected pays.
+    """
+
+    gain: float = Field(0.1, ge=0)
+    harm: float = Field(0.1, ge=0)
+    round_cost: float = Field(0.1, ge=0)
+
+
+class RewardBreakdown(BaseModel, frozen=True):
+    """Named reward terms (raw scores or weighted graph terms) and the scalar that training uses."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    terms: dict[str, float] = Field(default_factory=dict)
+    total: float
+
+    def __getitem__(self, name: str) -> float:
+        return self.terms[name]
+
+
+def _norm(label: str | None) -> str | None:
+    return None if label is None else label.strip().lower()
+
+
+def accuracy_score(label: str | None, gold: str) -> float:
+    """acc = 1[lower(label) == lower(gold)] (exact match)."""
+    return float(label is not None and _norm(label) == _norm(gold))
+
+
+def coherence_score(implied: str | None, target: str | None) -> float:
+    """coh = 1 if implied == target, 0.5 if extraction failed (None/empty/"none"), else 0."""
+    implied = _norm(implied)
+    if not implied or implied == "none":
+        return NO_EVIDENCE
+    return float(target is not None and implied == _norm(target))
+
+
+def consistency_score(answer: str | None) -> float:
+    """con = 1 if answer == "yes", 0 if answer == "no", else 0.5 (exact answers; "not"/"none" are not "no")."""
+    answer = _norm(answer)
+    return {"yes": 1.0, "no": 0.0}.get(answer or "", NO_EVIDENCE)
+
+
+def format_score(format_ok: bool) -> float:
+    """fmt = 1[response matches the SET format]."""
+    return float(format_ok)
+
+
+def first_label(trajectory: Trajectory) -> str | None:
+    return trajectory.reasonings[0].label if trajectory.reasonings else None
+
+
+def final_label(trajectory: Trajectory) -> str | None:
+    return trajectory.reasonings[-1].label if trajectory.reasonings else None
+
+
+def round_label(trajectory: Trajectory, reflection: Reflection) -> str | None:
+    """The label the reflection judged: the coherence verdict's answered label, else that round's reasoning."""
+    if reflection.coherence is not None:
+        return reflection.coherence.answered_label
+    if 0 <= reflection.round < len(trajectory.reasonings):
+        return trajectory.reasonings[reflection.round].label
+    return None
+
+
+def rer(trajectory: Trajectory, gold: str, weights: RERWeights | None = None) -> RewardBreakdown:
+    """R = w_acc·acc + w_coh·coh + w_con·con + w_fmt·fmt on the first round's reflection and the final label."""
+    w = weights or RERWeights()
+    if not trajectory.reasonings:
+        return RewardBreakdown(terms=dict.fromkeys(("accuracy", "coherence", "consistency", "format"), 0.0), total=0.0)
+    first = trajectory.reflections[0] if trajectory.reflections else None
+    coh_verdict = first.coherence if first else None
+    con_verdict = first.consistency if first else None
+    own = coh_verdict.answered_label if coh_verdict else first_label(trajectory)
+    target = gold if w.coherence_target == "ground_truth" else own
+    terms = {
+        "accuracy": accuracy_score(final_label(trajectory), gold),
+        "coherence": coherence_score(coh_verdict.implied_label, target) if coh_verdict else NO_EVIDENCE,
+        "consistency": consistency_score(con_verdict.answer) if con_verdict else NO_EVIDENCE,
+        "format": format_score(trajectory.reasonings[-1].format_ok),
+    }
+    if w.multiplicative:
+        total = w.multiplicative_scale * terms["accuracy"] * terms["coherence"] * terms["consistency"]
+        total += w.format * terms["format"]
+    else:
+        total = sum(getattr(w, name) * score for name, score in terms.items())
+    return RewardBreakdown(terms=terms, total=total)
+
+
+def graph_terms(trajectory: Trajectory, gold: str, weights: GraphTermWeights | None = None) -> RewardBreakdown:
+    """R_graph = g·[first ✗ → final ✓] − h·[first ✓ → final ✗] − c·corrections."""
+    w = weights or GraphTermWeights()
+    first_ok = accuracy_score(first_label(trajectory), gold)
+    final_ok = accuracy_score(final_label(trajectory), gold)
+    terms = {
+        "correction_gain": w.gain * (1.0 - first_ok) * final_ok,
+        "correction_harm": -w.harm * first_ok * (1.0 - final_ok),
+        "round_cost": -w.round_cost * trajectory.corrections,
+    }
+    return RewardBreakdown(terms=terms, total=sum(terms.values()))
+
+
+def trajectory_reward(
+    trajectory: Trajectory,
+    gold: str,
+    weights: RERWeights | None = None,
+    graph_weights: GraphTermWeights | None = None,
+) -> RewardBreakdown:
+    """R = RER + R_graph."""
+    base, graph = rer(trajectory, gold, weights), graph_terms(trajectory, gold, graph_weights)
+    return RewardBreakdown(terms={**base.terms, **graph.terms}, total=base.total + graph.total)
+
+
+def verdict_correctness(trajectory: Trajectory, gold: str) -> list[float]:
+    """right_k = 1[passed_k == (label_round(k) == gold)] for every coherence/consistency verdict k."""
+    scores = []
+    for reflection in trajectory.reflections:
+        label_ok = bool(accuracy_score(round_label(trajectory, reflection), gold))
+        for verdict in (reflection.coherence, reflection.consistency):
+            if verdict is not None:
+                scores.append(float(verdict.passed == label_ok))
+    return scores
+
+
+def reflector_reward(trajectory: Trajectory, gold: str) -> RewardBreakdown:
+    """R_reflector = mean_k right_k (0 when it gave no verdict)."""
+    scores = verdict_correctness(trajectory, gold)
+    mean = sum(scores) / len(scores) if scores else 0.0
+    return RewardBreakdown(terms={"verdict_accuracy": mean, "verdicts": float(len(scores))}, total=mean)
+
+
+def role_rewards(
+    trajectory: Trajectory,
+    gold: str,
+    weights: RERWeights | None = None,
+    graph_weights: GraphTermWeights | None = None,
+) -> dict[Role, RewardBreakdown]:
+    """Perceiver and reasoner share R = RER + R_graph; the reflector gets the rate of its right verdicts."""
+    shared = trajectory_reward(trajectory, gold, weights, graph_weights)
+    return {"perceiver": shared, "reasoner": shared, "reflector": reflector_reward(trajectory, gold)}
