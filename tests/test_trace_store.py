@@ -14,32 +14,10 @@ import time
 
 import pytest
 from PIL import Image
+from scripted_trace_runs import scripted_graph, write_runs
 
-from agents.scripted_backend import ScriptedChatModel
-from graphs import EmotionGraph, EmotionQuery, GraphConfig
-from graphs.trace_recorder import TraceRecorder
+from graphs import EmotionQuery
 from graphs.trace_store import SCHEMA_VERSION, RunFilter, TraceStore, TraceStoreError, TrainingRowRecord
-
-SET_ANSWER = "<step2>Calm and warm.</step2><step3>valence: positive; arousal: low</step3> \\boxed{contentment}"
-
-
-def respond(messages, sampling, choices):
-    text = messages[-1].text
-    if choices == ["yes", "no"]:
-        return "yes"
-    if choices:
-        return "fear" if "storm" in text else "contentment"
-    if "<step2>" in text:
-        return SET_ANSWER
-    return "<step1>A storm over the sea.</step1>" if "storm" in text else "<step1>A cup of coffee on a table.</step1>"
-
-
-def scripted_graph(store: TraceStore, **config) -> EmotionGraph:
-    model = ScriptedChatModel(respond)
-    return EmotionGraph.from_config(
-        GraphConfig(**config), models=dict.fromkeys(("perceiver", "reasoner", "reflector"), model),
-        traces=TraceRecorder(store),
-    )  # fmt: skip
 
 
 def test_a_recorded_run_reads_back_exactly(tmp_path, noise_image):
@@ -123,16 +101,10 @@ def test_schema_version_and_unreadable_files(tmp_path):
         TraceStore(tmp_path / "absent.sqlite", readonly=True)
 
 
-def _write_runs(path: str, image: str, count: int) -> None:
-    store = TraceStore(path)
-    graph = scripted_graph(store)
-    asyncio.run(graph.abatch([EmotionQuery(images=[image]) for _ in range(count)], max_concurrency=4))
-
-
 def test_concurrent_writer_processes(tmp_path, noise_image):
     path = str(tmp_path / "t.sqlite")
     context = multiprocessing.get_context("spawn")
-    writers = [context.Process(target=_write_runs, args=(path, str(noise_image), 25)) for _ in range(4)]
+    writers = [context.Process(target=write_runs, args=(path, str(noise_image), 25)) for _ in range(4)]
     for writer in writers:
         writer.start()
     for writer in writers:
