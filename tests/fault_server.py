@@ -47,12 +47,6 @@ def item_key(png: bytes) -> str:
     return hashlib.sha256(png).hexdigest()[:12]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 class FaultServer:
     """The server and its script. `requests` holds one dict per chat request, in arrival order."""
 

@@ -7,7 +7,6 @@ import itertools
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from agents.scripted_backend import ScriptedChatModel
 from graphs import EmotionGraph, EmotionQuery, EmotionResult, GraphConfig
 from graphs.otel_export import OtelRunExporter, SpanPlan, run_spans_plan
 from graphs.trace_store import TraceStore
+from graphs.vllm_process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PHOENIX_VERSION = "20.26.1"
@@ -241,12 +241,6 @@ def test_exporter_failures_are_logged_not_raised(accepted, monkeypatch, caplog):
 
 
 # -- a real OTLP receiver ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def phoenix_executable() -> Path:

@@ -21,13 +21,14 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from fault_server import FaultServer, free_port, item_key
+from fault_server import FaultServer, item_key
 from PIL import Image
 
 from agents.chat_model import ChatMessage, Completion, ModelCallError, SamplingParams
 from agents.images import prepare_image
 from agents.vllm_backend import ServerNotReadyError, VLLMChatModel
 from graphs import EmotionGraph, EmotionQuery, GraphConfig
+from graphs.vllm_process import free_port
 from prompts import MIKELS_8
 
 ROOT = Path(__file__).resolve().parents[1]
