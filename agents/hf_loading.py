@@ -8,7 +8,8 @@ machines, and using PIL everywhere gives the same pixel values (hence token ids)
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -102,6 +103,8 @@ class LoadedModel:
     supports_images: bool
     eos_token_ids: list[int]
     model_type: str
+    # One generation at a time per model instance, however many ChatModels (e.g. one per LoRA adapter) share it.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
 
 def load_hf_model(

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-import threading
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,14 +18,15 @@ from agents.hf_loading import LoadedModel, load_hf_model
 class TransformersChatModel:
     """A ChatModel that runs a local HF folder (causal LM or image-text model) in this process.
 
-    Calls are serialised on one lock: a model instance is not safe to run from two threads at once, and on a
-    small machine one generation at a time is also the fastest.
+    Calls are serialised on the model's lock: a model instance is not safe to run from two threads at once, and on
+    a small machine one generation at a time is also the fastest. When the model is a peft model with several LoRA
+    adapters (the trainer's `lora` mode), `adapter` picks the one this ChatModel speaks with; None = the base model.
     """
 
-    def __init__(self, loaded: LoadedModel, *, model_id: str) -> None:
+    def __init__(self, loaded: LoadedModel, *, model_id: str, adapter: str | None = None) -> None:
         self._loaded = loaded
         self._model_id = model_id
-        self._lock = threading.Lock()
+        self._adapter = adapter
 
     @classmethod
     def from_dir(
@@ -45,7 +46,11 @@ class TransformersChatModel:
 
     @property
     def adapter(self) -> str | None:
-        return None
+        return self._adapter
+
+    @property
+    def loaded(self) -> LoadedModel:
+        return self._loaded
 
     @property
     def supports_images(self) -> bool:
@@ -71,7 +76,7 @@ class TransformersChatModel:
         prompt_ids: list[int] = inputs["input_ids"][0].tolist()
         constraint = _ChoiceTrie(self._choice_sequences(choices), self._loaded.eos_token_ids) if choices else None
         try:
-            with self._lock, torch.inference_mode():
+            with self._loaded.lock, self._selected_adapter(), torch.inference_mode():
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 output = self._loaded.model.generate(
@@ -96,7 +101,21 @@ class TransformersChatModel:
             usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(completion_ids)),
             latency_s=time.perf_counter() - start,
             model_id=self._model_id,
+            adapter=self._adapter,
         )
+
+    @contextlib.contextmanager
+    def _selected_adapter(self) -> Iterator[None]:
+        """Activate this ChatModel's LoRA adapter, or switch adapters off for the base model (caller holds the lock)."""
+        model = self._loaded.model
+        if self._adapter is not None:
+            model.set_adapter(self._adapter)
+            yield
+        elif hasattr(model, "disable_adapter"):  # a peft model asked for its base weights
+            with model.disable_adapter():
+                yield
+        else:
+            yield
 
     def encode(self, messages: list[ChatMessage]) -> dict[str, torch.Tensor]:
         """Render the chat template once and tokenize it, with pixel values for every image in the messages."""

@@ -28,11 +28,12 @@ from typing import Any
 
 import httpx
 
+RUNTIME_LORA_UPDATING = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
 # The CPU build's defaults (ignored by GPU builds): a 2 GiB KV cache, offline, runtime LoRA updates allowed.
 DEFAULT_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "2",
     "HF_HUB_OFFLINE": "1",
-    "VLLM_ALLOW_RUNTIME_LORA_UPDATING": "1",
+    RUNTIME_LORA_UPDATING: "1",
 }
 
 
@@ -45,7 +46,9 @@ class VLLMProcess:
     """One `vllm.entrypoints.openai.api_server` process serving `model_dir` as `served_name`.
 
     `lora_modules` maps adapter names to PEFT folders (`--lora-modules NAME=DIR`); requests address an
-    adapter by its name. `python` is the interpreter of the environment vLLM is installed in.
+    adapter by its name. `max_loras` turns LoRA on even without initial adapters, for adapters loaded at runtime
+    (`/v1/load_lora_adapter`, which needs `runtime_lora_updating`). `python` is the interpreter of the environment
+    vLLM is installed in.
     """
 
     model_dir: Path
@@ -54,7 +57,12 @@ class VLLMProcess:
     host: str = "127.0.0.1"
     port: int | None = None  # None: a free port, chosen at start
     lora_modules: Mapping[str, Path] = field(default_factory=dict)
+    # LoRA slots; None: one more than `lora_modules` (LoRA off without them). Count adapters loaded at runtime too,
+    # plus one: see command() for why the CPU build needs the spare slot.
+    max_loras: int | None = None
     max_lora_rank: int = 8
+    # VLLM_ALLOW_RUNTIME_LORA_UPDATING=1, which adds /v1/load_lora_adapter; False removes it (the endpoint 404s).
+    runtime_lora_updating: bool = True
     max_model_len: int = 2048
     images_per_prompt: int = 2
     dtype: str = "float32"
@@ -93,18 +101,23 @@ class VLLMProcess:
         ]  # fmt: skip
         if not self.chunked_prefill:
             command.append("--no-enable-chunked-prefill")
-        if self.lora_modules:
+        if self.lora_modules or self.max_loras is not None:
             # One slot more than adapters: the CPU build (0.32) gives a base-model request batched with LoRA
             # requests the adapter in the last slot when every slot is taken.
-            command += ["--enable-lora", "--max-loras", str(len(self.lora_modules) + 1)]
-            command += ["--max-lora-rank", str(self.max_lora_rank), "--lora-modules"]
-            command += [f"{name}={folder}" for name, folder in self.lora_modules.items()]
+            slots = self.max_loras if self.max_loras is not None else len(self.lora_modules) + 1
+            command += ["--enable-lora", "--max-loras", str(slots), "--max-lora-rank", str(self.max_lora_rank)]
+        if self.lora_modules:
+            command += ["--lora-modules", *(f"{name}={folder}" for name, folder in self.lora_modules.items())]
         return [*command, *self.extra_args]
 
     def environment(self) -> dict[str, str]:
-        """This process's environment, the CPU defaults where it sets none, then `env` on top."""
+        """This process's environment, the CPU defaults where it sets none, then `env` on top; without
+        `runtime_lora_updating`, VLLM_ALLOW_RUNTIME_LORA_UPDATING is removed whatever set it."""
         defaults = {**DEFAULT_ENV, "VLLM_CPU_OMP_THREADS_BIND": _cpu_list()}
-        return {**defaults, **os.environ, **self.env}
+        environment = {**defaults, **os.environ, **self.env}
+        if not self.runtime_lora_updating:
+            environment.pop(RUNTIME_LORA_UPDATING, None)
+        return environment
 
     def start(self) -> VLLMProcess:
         if self._process is not None and self._process.poll() is None:

@@ -262,7 +262,7 @@ def peft_model(server: VLLMServer, role: str) -> TransformersChatModel:
     """HF + PEFT in-process: the base loaded fresh (PEFT injects its layers in place) with the role's adapter."""
     loaded = load_hf_model(server.model_dir)
     wrapped = PeftModel.from_pretrained(loaded.model, server.adapters[role]).eval()
-    return TransformersChatModel(dataclasses.replace(loaded, model=wrapped), model_id=f"peft:{role}")
+    return TransformersChatModel(dataclasses.replace(loaded, model=wrapped), model_id=f"peft:{role}", adapter="default")
 
 
 @pytest.mark.parametrize("role", ROLES)

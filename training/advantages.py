@@ -96,3 +96,31 @@ def trajectory_token_weights(call_traj_index: ArrayLike, call_token_counts: Arra
         return np.zeros(0)
     per_traj = np.bincount(idx, weights=counts)[idx]
     return np.where((per_traj > 0) & (counts > 0), 1.0 / np.maximum(per_traj, 1.0), 0.0)
+
+
+ESTIMATORS = {"grpo": grpo, "dr_grpo": dr_grpo, "rloo": rloo, "reinforce_baseline": reinforce_baseline}
+
+
+def role_advantages(
+    rewards: Sequence[dict[str, float]],
+    prompts: Sequence[Hashable],
+    *,
+    estimator: str = "grpo",
+    streams: dict[str, str] | None = None,
+) -> list[dict[str, float]]:
+    """A[traj][role] from R[traj][role]: one estimator call over every (trajectory, role) reward.
+
+    Rewards are grouped by (prompt, stream): roles in one stream share a reward and a group (e.g. perceiver and
+    reasoner share the trajectory reward), a role with a reward of its own (the reflector) is normalised only
+    against its own kind. `streams` maps role -> stream name; default: each role its own stream.
+    """
+    if len(rewards) != len(prompts):
+        raise ValueError(f"{len(rewards)} reward sets but {len(prompts)} prompts")
+    pairs = [(t, role) for t, per_role in enumerate(rewards) for role in per_role]
+    values = [rewards[t][role] for t, role in pairs]
+    keys = group_keys([prompts[t] for t, _ in pairs], [(streams or {}).get(role, role) for _, role in pairs])
+    flat = ESTIMATORS[estimator](values, keys) if pairs else np.zeros(0)
+    result: list[dict[str, float]] = [{} for _ in rewards]
+    for (t, role), advantage in zip(pairs, flat, strict=True):
+        result[t][role] = float(advantage)
+    return result

@@ -17,6 +17,8 @@ Reference-code bugs fixed here (the EMO-R3 reward function):
 
 from __future__ import annotations
 
+import importlib
+from collections.abc import Callable
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -182,3 +184,20 @@ def role_rewards(
     """Perceiver and reasoner share R = RER + R_graph; the reflector gets the rate of its right verdicts."""
     shared = trajectory_reward(trajectory, gold, weights, graph_weights)
     return {"perceiver": shared, "reasoner": shared, "reflector": reflector_reward(trajectory, gold)}
+
+
+RewardFn = Callable[[Trajectory, str], dict[Role, RewardBreakdown]]
+
+
+def load_reward_fn(spec: str) -> RewardFn:
+    """A reward function named `package.module:function`, with `role_rewards`' signature minus the weights."""
+    module_name, colon, attribute = spec.partition(":")
+    if not colon or not module_name or not attribute:
+        raise ValueError(f"reward function {spec!r} must be written module:function, e.g. my_rewards:format_only")
+    try:
+        function = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"cannot load reward function {spec!r}: {error}") from error
+    if not callable(function):
+        raise ValueError(f"reward function {spec!r} is a {type(function).__name__}, not a function")
+    return function

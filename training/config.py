@@ -1,0 +1,183 @@
+"""The training configuration (`train.yaml`): data, graph, which roles train as which policy, and the RL recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from agents.call_record import Role
+from graphs.config import ROLES, ConfigError, GraphConfig, TransformersModelSpec
+from training.losses import KLKind
+from training.rewards import GraphTermWeights, RERWeights
+
+PolicyMode = Literal["shared", "lora", "separate"]
+Estimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_baseline"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class DataConfig(_Section):
+    """A dataset read by the evaluation loaders (`evals.loaders`), e.g. kind `emoset`, `parquet`, `fi`."""
+
+    kind: str
+    path: Path
+    split: str | None = "train"
+    limit: int | None = Field(None, ge=1)
+
+
+class LoraConfig(_Section):
+    rank: int = Field(8, ge=1)
+    alpha: float = Field(16.0, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    # The language model's attention and MLP projections; vLLM serves LoRA on the language model only.
+    target_modules: str | list[str] = (
+        r".*(text_model|language_model|model)\.layers\.\d+\.(self_attn\.(q_proj|k_proj|v_proj|o_proj)"
+        r"|mlp\.(gate_proj|up_proj|down_proj))"
+    )
+
+
+class PolicyConfig(_Section):
+    """How roles map to trainable weights. `shared`: one model for every role (paper parity); `lora`: one frozen base
+    with a LoRA adapter per trained role; `separate`: a model per role (each role's own `graph.models` entry)."""
+
+    mode: PolicyMode = "shared"
+    train_roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
+    lora: LoraConfig = LoraConfig()
+    gradient_checkpointing: bool = False
+
+
+class RolloutConfig(_Section):
+    """Where rollouts run: in this process on the policies themselves, or on a vLLM server (lora mode) whose role
+    adapters are reloaded over its HTTP API after every step."""
+
+    backend: Literal["in_process", "vllm"] = "in_process"
+    base_url: str | None = None
+    served_model: str | None = Field(None, description="the server's --served-model-name of the base model")
+    timeout_s: float = Field(300.0, gt=0)
+    max_concurrency: int = Field(8, ge=1, description="graph runs in flight at once")
+
+
+class AlgorithmConfig(_Section):
+    """GRPO-family recipe; defaults are EMO-R3's reference run (REFERENCE §1)."""
+
+    group_size: int = Field(8, ge=2, description="graph runs per prompt")
+    prompts_per_step: int = Field(4, ge=1)
+    mini_batches: int = Field(1, ge=1, description="policy updates per rollout step (prompts split evenly)")
+    estimator: Estimator = "grpo"
+    group_by: Literal["prompt", "prompt_role"] = "prompt"
+    rer: RERWeights = RERWeights()
+    reward_fn: str | None = Field(
+        None,
+        description="`module:function` (trajectory, gold) -> {role: RewardBreakdown} replacing RER + graph terms + "
+        "per-role credit; e.g. a verifiable reward of your own",
+    )
+    graph_terms: GraphTermWeights = GraphTermWeights()
+    clip_low: float = Field(0.2, ge=0)
+    clip_high: float = Field(0.3, ge=0)
+    dual_clip: float | None = 3.0
+    aggregation: Literal["trajectory", "token-mean", "seq-mean-token-mean"] = Field(
+        "trajectory", description="trajectory = each trajectory's tokens weigh 1 in total, whatever its roles said"
+    )
+    kl_coef: float = Field(0.01, ge=0)
+    kl_estimator: KLKind = "k3"
+    tis_cap: float | None = Field(2.0, gt=0, description="truncated importance sampling cap; None = off")
+
+
+class OptimConfig(_Section):
+    lr: float = Field(2e-6, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0)
+    micro_batch_tokens: int = Field(4096, ge=1, description="tokens per forward/backward (padding-free packed)")
+    logprob_chunk: int = Field(1024, ge=1, description="tokens per LM-head chunk")
+
+
+class TrainConfig(_Section):
+    """Validated `train.yaml`. `graph` is a graph config (inline, or a path to one) whose models are the policies."""
+
+    run_dir: Path = Path("runs/train")
+    run_name: str | None = Field(None, description="name in the trace store; default: the run_dir's name")
+    seed: int = 0
+    steps: int = Field(100, ge=1)
+    save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
+    keep_checkpoints: int = Field(2, ge=1)
+    data: DataConfig
+    graph: GraphConfig | Path = GraphConfig()
+    policy: PolicyConfig = PolicyConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    optim: OptimConfig = OptimConfig()
+    traces: bool = Field(True, description="record rollouts, rewards and training rows in run_dir/traces.sqlite")
+    tensorboard: bool = True
+
+    @model_validator(mode="after")
+    def _coherent(self) -> TrainConfig:
+        graph = self.graph_config
+        if self.algorithm.prompts_per_step % self.algorithm.mini_batches:
+            raise ValueError(
+                f"algorithm.prompts_per_step ({self.algorithm.prompts_per_step}) must be a multiple of "
+                f"algorithm.mini_batches ({self.algorithm.mini_batches})"
+            )
+        specs = {role: graph.models[graph.roles[role].model] for role in ROLES}
+        for role in self.policy.train_roles:
+            if not isinstance(specs[role], TransformersModelSpec):
+                raise ValueError(
+                    f"role {role} trains, so its model must be a local folder (backend: transformers); vLLM rollouts "
+                    "are configured under `rollout`, not in the graph's models"
+                )
+        if self.policy.mode in ("shared", "lora") and len({graph.roles[r].model for r in ROLES}) > 1:
+            raise ValueError(
+                f"policy.mode {self.policy.mode!r} runs every role on one model, but graph.roles map to "
+                f"{sorted({graph.roles[r].model for r in ROLES})}; use mode 'separate' or one `models` entry"
+            )
+        rollout = self.rollout
+        served = rollout.base_url and rollout.served_model
+        if rollout.backend == "vllm" and (self.policy.mode != "lora" or not served):
+            raise ValueError(
+                "rollout.backend 'vllm' needs policy.mode 'lora', rollout.base_url and rollout.served_model (the base "
+                "model's --served-model-name; the trainer loads each role's adapter under the role's name)"
+            )
+        return self
+
+    @property
+    def graph_config(self) -> GraphConfig:
+        return GraphConfig.load(self.graph) if isinstance(self.graph, Path) else self.graph
+
+    @property
+    def name(self) -> str:
+        return self.run_name or self.run_dir.name
+
+    @classmethod
+    def load(cls, source: str | Path | dict) -> TrainConfig:
+        """From a YAML file (relative paths inside resolve against the file's folder) or a dict."""
+        if isinstance(source, str | Path):
+            path = Path(source)
+            if not path.is_file():
+                raise ConfigError(f"training config {path} does not exist")
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as error:
+                raise ConfigError(f"{path} is not valid YAML: {error}") from error
+            data = _resolve_paths(data, path.parent)
+        else:
+            data = source
+        try:
+            return cls.model_validate(data)
+        except ValidationError as error:
+            raise ConfigError(f"invalid training config:\n{error}") from error
+
+
+def _resolve_paths(data: dict, base: Path) -> dict:
+    """Make `run_dir`, `data.path` and a `graph` file path relative to the config file, as users expect."""
+    data = dict(data)
+    for key in ("run_dir", "graph"):
+        if isinstance(data.get(key), str):
+            data[key] = str(base / data[key])
+    if isinstance(data.get("data"), dict) and isinstance(data["data"].get("path"), str):
+        data["data"] = {**data["data"], "path": str(base / data["data"]["path"])}
+    return data
