@@ -24,8 +24,6 @@ def train(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Train to `steps`, resuming from the run folder's latest checkpoint if there is one."""
-    from training.local_trainer import LocalTrainer  # torch loads only when training really starts
-
     try:
         cfg = TrainConfig.load(config)
     except ConfigError as error:
@@ -33,6 +31,32 @@ def train(
         raise typer.Exit(2) from error
     updates = {k: v for k, v in {"steps": steps, "run_dir": run_dir}.items() if v is not None}
     cfg = cfg.model_copy(update=updates)
+    try:
+        _run(cfg, progress)
+    except _user_errors() as error:
+        err.print(f"[red]error:[/red] {error}")
+        raise typer.Exit(1) from error
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """Failures whose message tells the user what to do; anything else is a bug and keeps its traceback."""
+    from agents.hf_loading import ModelLoadError
+    from agents.offline_models import OfflineModelError
+    from evals.loaders import DatasetError
+    from training.checkpoint import CheckpointError
+    from training.local_trainer import TrainingError
+    from training.rows import RowError
+    from training.vllm_sync import AdapterSyncError
+
+    return (
+        ConfigError, DatasetError, ModelLoadError, OfflineModelError, CheckpointError, TrainingError, RowError,
+        AdapterSyncError,
+    )  # fmt: skip
+
+
+def _run(cfg: TrainConfig, progress: bool) -> None:
+    from training.local_trainer import LocalTrainer  # torch loads only when training really starts
+
     trainer = LocalTrainer(cfg)
     if trainer.step:
         err.print(f"resuming {cfg.run_dir} at step {trainer.step}")

@@ -24,7 +24,7 @@ from graphs.config import ROLES
 from graphs.trace_store import TraceStore, TrainingRowRecord
 from graphs.trajectory import Trajectory
 from training.advantages import role_advantages
-from training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
+from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from training.config import TrainConfig
 from training.policies import PolicySet, build_policies
 from training.rewards import RewardBreakdown, load_reward_fn, role_rewards
@@ -37,6 +37,10 @@ logger = logging.getLogger(__name__)
 
 # Perceiver and reasoner share the trajectory reward, so they share advantage groups; the reflector has its own.
 REWARD_STREAMS: dict[str, str] = {"perceiver": "trajectory", "reasoner": "trajectory", "reflector": "reflector"}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. every rollout of a step failed); checkpoints written so far are kept."""
 
 
 @dataclass
@@ -55,16 +59,16 @@ class LocalTrainer:
         self.run_dir = config.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _seed_everything(config.seed)
+        self._custom_reward = load_reward_fn(config.algorithm.reward_fn) if config.algorithm.reward_fn else None
         data = config.data
         self.dataset = load_dataset(data.kind, data.path, split=data.split, limit=data.limit, seed=config.seed)
         if not self.dataset.items:
-            raise ValueError(f"dataset {data.kind}:{data.path} (split {data.split}) has no usable items")
+            raise TrainingError(f"dataset {data.kind}:{data.path} (split {data.split}) has no usable items")
         self.graph_config = config.graph_config
         self.policies: PolicySet = build_policies(
             self.graph_config, config.policy, with_reference=config.algorithm.kl_coef > 0, cache_dir=cache_dir
         )
         self.models: dict[Role, ChatModel] = self._rollout_models()
-        self._custom_reward = load_reward_fn(config.algorithm.reward_fn) if config.algorithm.reward_fn else None
         self.optimizer = torch.optim.AdamW(
             [{"params": policy.parameters()} for policy in self.policies.policies.values()],
             lr=config.optim.lr, betas=config.optim.betas, weight_decay=config.optim.weight_decay,
@@ -93,8 +97,14 @@ class LocalTrainer:
         if folder is None:
             return
         saved = load_checkpoint(folder)
-        self.policies.load_state_dict(saved["policies"])
-        self.optimizer.load_state_dict(saved["optimizer"])
+        try:
+            self.policies.load_state_dict(saved["policies"])
+            self.optimizer.load_state_dict(saved["optimizer"])
+        except (KeyError, ValueError, RuntimeError) as error:
+            raise CheckpointError(
+                f"{folder} was written by another policy setup ({error}); train with the config it was made with, "
+                "or give this config a new run_dir"
+            ) from error
         set_rng_state(saved["state"]["rng"])
         self.step = int(saved["state"]["step"])
         logger.info("resumed %s at step %d from %s", self.run_dir, self.step, folder)
@@ -128,7 +138,7 @@ class LocalTrainer:
         """One rollout step and its updates; then logs, syncs served adapters, and checkpoints when due."""
         cfg, step = self.config, self.step
         started = time.perf_counter()
-        scored = self._score(asyncio.run(self._rollouts(step)))
+        scored = self._score(_usable(asyncio.run(self._rollouts(step)), step))
         rollout_s = time.perf_counter() - started
         run_ids = self._record_runs(scored, step)
         updates, row_values = self._update(scored)
@@ -275,6 +285,17 @@ class LocalTrainer:
             policies=self.policies.state_dict(), optimizer=self.optimizer.state_dict(),
             extra={"config": self.config.model_dump(mode="json")}, keep=self.config.keep_checkpoints,
         )  # fmt: skip
+
+
+def _usable(rollouts: list[Rollout], step: int) -> list[Rollout]:
+    """The step's rollouts, unless none finished: then stop, saying why (a dead server must not train on nothing)."""
+    if rollouts and all(not r.result.ok for r in rollouts):
+        first = rollouts[0].result
+        raise TrainingError(
+            f"step {step}: all {len(rollouts)} rollouts failed, e.g. {first.termination}: {first.error}; fix the "
+            "cause and run the same command again to resume from the last checkpoint"
+        )
+    return rollouts
 
 
 def _seed_everything(seed: int) -> None:

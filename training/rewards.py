@@ -24,6 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.call_record import Role
+from graphs.config import ConfigError
 from graphs.trajectory import Reflection, Trajectory
 
 NO_EVIDENCE = 0.5
@@ -193,11 +194,11 @@ def load_reward_fn(spec: str) -> RewardFn:
     """A reward function named `package.module:function`, with `role_rewards`' signature minus the weights."""
     module_name, colon, attribute = spec.partition(":")
     if not colon or not module_name or not attribute:
-        raise ValueError(f"reward function {spec!r} must be written module:function, e.g. my_rewards:format_only")
+        raise ConfigError(f"reward function {spec!r} must be written module:function, e.g. my_rewards:format_only")
     try:
         function = getattr(importlib.import_module(module_name), attribute)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"cannot load reward function {spec!r}: {error}") from error
+        raise ConfigError(f"cannot load reward function {spec!r}: {error}") from error
     if not callable(function):
-        raise ValueError(f"reward function {spec!r} is a {type(function).__name__}, not a function")
+        raise ConfigError(f"reward function {spec!r} is a {type(function).__name__}, not a function")
     return function
