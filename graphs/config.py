@@ -61,6 +61,19 @@ class VLLMModelSpec(BaseModel):
     max_retries: int = Field(3, ge=0)
 
 
+def read_yaml(path: Path, what: str) -> dict:
+    """The mapping in a YAML file (empty file = {}); ConfigError naming `what` and the file otherwise."""
+    if not path.is_file():
+        raise ConfigError(f"{what} {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
+    return data
+
+
 def _backend_of(spec: object) -> str:
     # `backend` may be omitted: a model without one runs in-process.
     return spec.get("backend", "transformers") if isinstance(spec, dict) else getattr(spec, "backend", "transformers")
@@ -139,13 +152,7 @@ class GraphConfig(BaseModel):
         if isinstance(source, GraphConfig):
             return source
         if isinstance(source, str | Path):
-            path = Path(source)
-            if not path.is_file():
-                raise ConfigError(f"config file {path} does not exist")
-            try:
-                source = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as error:
-                raise ConfigError(f"{path} is not valid YAML: {error}") from error
+            source = read_yaml(Path(source), "config file")
         try:
             return cls.model_validate(source)
         except ValidationError as error:

@@ -17,7 +17,7 @@ import pytest
 import torch
 from fault_server import FaultServer
 from safetensors.torch import load_file
-from vllm_server import VLLM_PYTHON
+from vllm_server import require_vllm
 
 from agents.chat_model import ChatMessage, ChatModel, Completion, SamplingParams
 from agents.vllm_backend import VLLMChatModel
@@ -50,13 +50,11 @@ class Server:
 @pytest.fixture(scope="module")
 def lora_server(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """vLLM serving tiny-idefics3 with LoRA on, no adapters yet, and /v1/load_lora_adapter enabled."""
-    if not VLLM_PYTHON.is_file():
-        pytest.fail(f"vLLM is not installed at {VLLM_PYTHON}: run `bash scripts/setup.sh` (CI does) to create it")
     from agents.offline_models import ensure_model
 
     folder = tmp_path_factory.mktemp("vllm-train")
     process = VLLMProcess(
-        ensure_model("tiny-idefics3", model_cache), served_name=SERVED, python=VLLM_PYTHON,
+        ensure_model("tiny-idefics3", model_cache), served_name=SERVED, python=require_vllm(),
         max_loras=len(ROLES) + 1, max_lora_rank=LORA_RANK, runtime_lora_updating=True,
         log_path=folder / "server.log",
     )  # fmt: skip

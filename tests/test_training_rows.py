@@ -105,3 +105,15 @@ def test_role_advantages_group_by_prompt_and_reward_stream() -> None:
     assert [a["reasoner"] for a in advantages[:2]] == pytest.approx(list(expected_reasoner))
     assert [a["reflector"] for a in advantages[:2]] == pytest.approx(list(-expected_reasoner))
     assert advantages[2] == {"reasoner": 0.0, "reflector": 0.0}  # a group of one has no baseline to beat
+
+
+def test_roles_sharing_a_reward_count_once_in_their_group() -> None:
+    """Perceiver and reasoner share the trajectory reward: their advantage is plain GRPO over the trajectories."""
+    rewards = [{"perceiver": r, "reasoner": r, "reflector": 1 - r} for r in (1.0, 0.0, 0.0, 1.0, 1.0)]
+    streams = {"perceiver": "trajectory", "reasoner": "trajectory", "reflector": "reflector"}
+    advantages = role_advantages(rewards, ["a"] * 5, estimator="grpo", streams=streams)
+    expected = grpo([1.0, 0.0, 0.0, 1.0, 1.0], ["a"] * 5)
+    assert [a["perceiver"] for a in advantages] == pytest.approx(list(expected))
+    assert [a["reasoner"] for a in advantages] == pytest.approx(list(expected))
+    with pytest.raises(ValueError, match="different rewards"):
+        role_advantages([{"perceiver": 1.0, "reasoner": 0.0}], ["a"], streams=streams)

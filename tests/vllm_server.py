@@ -31,10 +31,16 @@ class VLLMServer:
     pid: int
 
 
-@pytest.fixture(scope="session")
-def vllm_server(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+def require_vllm() -> Path:
+    """The interpreter of `.venv-vllm`; fails the test, saying how to install it, when it is missing."""
     if not VLLM_PYTHON.is_file():
         pytest.fail(f"vLLM is not installed at {VLLM_PYTHON}: run `bash scripts/setup.sh` (CI does) to create it")
+    return VLLM_PYTHON
+
+
+@pytest.fixture(scope="session")
+def vllm_server(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VLLMServer]:
+    require_vllm()
     from agents.offline_models import build_lora_adapter, ensure_model
     from graphs.vllm_process import VLLMProcess, VLLMProcessError
 

@@ -108,19 +108,23 @@ def role_advantages(
     estimator: str = "grpo",
     streams: dict[str, str] | None = None,
 ) -> list[dict[str, float]]:
-    """A[traj][role] from R[traj][role]: one estimator call over every (trajectory, role) reward.
+    """A[traj][role] from R[traj][role]: one estimator call over every (trajectory, reward stream).
 
-    Rewards are grouped by (prompt, stream): roles in one stream share a reward and a group (e.g. perceiver and
-    reasoner share the trajectory reward), a role with a reward of its own (the reflector) is normalised only
-    against its own kind. `streams` maps role -> stream name; default: each role its own stream.
+    Roles in one stream share one reward per trajectory (e.g. perceiver and reasoner share the trajectory reward)
+    and count ONCE in its group, so a group's statistics are those of its trajectories; a role with a reward of
+    its own (the reflector) is normalised only against its own kind. Groups are (prompt, stream). `streams` maps
+    role -> stream name; default: each role its own stream.
     """
     if len(rewards) != len(prompts):
         raise ValueError(f"{len(rewards)} reward sets but {len(prompts)} prompts")
-    pairs = [(t, role) for t, per_role in enumerate(rewards) for role in per_role]
-    values = [rewards[t][role] for t, role in pairs]
-    keys = group_keys([prompts[t] for t, _ in pairs], [(streams or {}).get(role, role) for _, role in pairs])
-    flat = ESTIMATORS[estimator](values, keys) if pairs else np.zeros(0)
-    result: list[dict[str, float]] = [{} for _ in rewards]
-    for (t, role), advantage in zip(pairs, flat, strict=True):
-        result[t][role] = float(advantage)
-    return result
+    stream_of = {role: (streams or {}).get(role, role) for per_role in rewards for role in per_role}
+    pairs: dict[tuple[int, str], float] = {}
+    for t, per_role in enumerate(rewards):
+        for role, reward in per_role.items():
+            shared = pairs.setdefault((t, stream_of[role]), reward)
+            if shared != reward:
+                raise ValueError(f"roles of stream {stream_of[role]!r} got different rewards in trajectory {t}")
+    keys = group_keys([prompts[t] for t, _ in pairs], [stream for _, stream in pairs])
+    flat = ESTIMATORS[estimator](list(pairs.values()), keys) if pairs else np.zeros(0)
+    by_pair = dict(zip(pairs, flat, strict=True))
+    return [{role: float(by_pair[(t, stream_of[role])]) for role in per_role} for t, per_role in enumerate(rewards)]

@@ -5,11 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from agents.call_record import Role
-from graphs.config import ROLES, ConfigError, GraphConfig, TransformersModelSpec
+from graphs.config import ROLES, ConfigError, GraphConfig, TransformersModelSpec, read_yaml
 from training.losses import KLKind
 from training.rewards import GraphTermWeights, RERWeights
 
@@ -157,13 +156,7 @@ class TrainConfig(_Section):
         """From a YAML file (relative paths inside resolve against the file's folder) or a dict."""
         if isinstance(source, str | Path):
             path = Path(source)
-            if not path.is_file():
-                raise ConfigError(f"training config {path} does not exist")
-            try:
-                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError as error:
-                raise ConfigError(f"{path} is not valid YAML: {error}") from error
-            data = _resolve_paths(data, path.parent)
+            data = _resolve_paths(read_yaml(path, "training config"), path.parent)
         else:
             data = source
         try:

@@ -30,7 +30,7 @@ from training.policies import PolicySet, build_policies
 from training.rewards import RewardBreakdown, load_reward_fn, role_rewards
 from training.rollouts import Rollout, prompt_indices, rollout_step
 from training.rows import TrainingRow, rows_from_trajectory
-from training.update import RowKey, UpdateResult, frozen_logprobs, row_key, update
+from training.update import RowKey, UpdateResult, frozen_logprobs, update
 from training.vllm_sync import load_adapters
 
 logger = logging.getLogger(__name__)
@@ -211,9 +211,6 @@ class LocalTrainer:
             ref = frozen_logprobs(self.policies, batch, optim, reference=True) if algo.kl_coef > 0 else None
             results.append(update(self.policies, self.optimizer, batch, algo, optim, old=old, ref=ref))
         row_values = {key: value for result in results for key, value in result.row_values.items()}
-        advantages = {row_key(row): row.advantage for row in rows}
-        for key, values in row_values.items():
-            values["advantage"] = advantages[key]
         return [result.metrics for result in results], row_values
 
     # -- outputs -----------------------------------------------------------------------------------------
@@ -251,20 +248,16 @@ class LocalTrainer:
                 self._writer.add_scalar(name, value, step)
             self._writer.flush()
         if self.store is not None:
-            trajectories = {s.rollout.result.trajectory.id: s.rollout.result.trajectory for s in scored}
-            policy_of = self.policies.policy_of
+            by_id = {s.rollout.result.trajectory.id: s for s in scored}
             records = []
             for (trajectory_id, call_idx), values in row_values.items():
-                role = trajectories[trajectory_id].calls[call_idx].role
-                records.append(
-                    TrainingRowRecord(
-                        run_id=run_ids[trajectory_id],
-                        call_idx=call_idx,
-                        policy=policy_of[role],
-                        advantage=values["advantage"],
-                        values=values,
-                    )
-                )
+                scored_run = by_id[trajectory_id]
+                role = scored_run.rollout.result.trajectory.calls[call_idx].role
+                record = TrainingRowRecord(
+                    run_id=run_ids[trajectory_id], call_idx=call_idx, policy=self.policies.policy_of[role],
+                    advantage=scored_run.advantages[role], values=values,
+                )  # fmt: skip
+                records.append(record)
             self.store.record_training_step(self.config.name, step, metrics, records)
 
     def _sync_adapters(self) -> None:

@@ -24,8 +24,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.call_record import Role
+from agents.parsing import _boxed_at, _tokens  # the strict check's readers: graded and strict read tags alike
 from graphs.config import ConfigError
 from graphs.trajectory import Reflection, Trajectory
+from prompts import LabelSet, get_label_set
 
 NO_EVIDENCE = 0.5
 
@@ -202,3 +204,97 @@ def load_reward_fn(spec: str) -> RewardFn:
     if not callable(function):
         raise ConfigError(f"reward function {spec!r} is a {type(function).__name__}, not a function")
     return function
+
+
+# -- Graded SET format: partial credit where a small model never writes the whole format -------------------------
+
+SETElement = tuple[int, bool]  # (step, closing tag?); step 0 is the \boxed{label}
+PERCEIVER_SET_STEPS = (1,)  # the perceiver writes step 1 only, without a box
+REASONER_SET_STEPS = (2, 3)  # the reasoner writes steps 2 and 3, then the box
+_MAX_LABEL_CHARS = 100  # a longer box is prose, not a label (as in agents.parsing)
+
+
+def set_elements(steps: tuple[int, ...], boxed: bool) -> list[SETElement]:
+    """The SET elements in their required order: <stepK>, </stepK> for each step, then \\boxed{label}."""
+    return [(step, closing) for step in steps for closing in (False, True)] + ([(0, False)] if boxed else [])
+
+
+def graded_set_format(
+    text: str, label_set: LabelSet, *, steps: tuple[int, ...] = (1, 2, 3), boxed: bool = True, truncated: bool = False
+) -> float:
+    """g = LCS(E, F)/|E|, capped at (|E|−1)/|E| unless the answer opens with E[0] and is not cut off.
+
+    E: the SET elements in order (`set_elements`). F: the elements as they occur in the text, tags read with the
+    same tolerance as the strict check (`agents.parsing`); the box counts only if it is the answer's last box
+    and holds a label of `label_set`. LCS: the longest common subsequence, so an element earns credit only in
+    the right order relative to the others, and repeats earn nothing. g = 1 exactly when the strict SET layout
+    check passes (whole format, opening at the first tag, not truncated); every element present adds 1/|E|.
+    """
+    expected = set_elements(steps, boxed)
+    found = _found_elements(text, label_set)
+    matched = _in_order(expected, found)
+    complete = not truncated and _opens_with(text, expected[0])
+    cap = len(expected) if complete else len(expected) - 1
+    return min(matched, cap) / len(expected)
+
+
+def _found_elements(text: str, label_set: LabelSet) -> list[SETElement]:
+    """Structural tokens of the text in order; a box only when it is the last one and holds a label."""
+    tokens = _tokens(text)
+    last_box = max((t.start for t in tokens if t.step == 0), default=-1)
+    return [
+        (t.step, t.closing)
+        for t in tokens
+        if t.step != 0 or (t.start == last_box and _labelled(text, t.start, label_set))
+    ]
+
+
+def _labelled(text: str, box_start: int, label_set: LabelSet) -> bool:
+    content = _boxed_at(text, box_start)
+    return bool(content) and len(content) <= _MAX_LABEL_CHARS and label_set.normalize(content) is not None
+
+
+def _in_order(expected: list[SETElement], found: list[SETElement]) -> int:
+    """|LCS(expected, found)| for an `expected` without repeats: best[j] = longest match ending at expected[j]."""
+    position = {element: j for j, element in enumerate(expected)}
+    best = [0] * len(expected)
+    for element in found:
+        j = position.get(element)
+        if j is not None:
+            best[j] = max(best[j], 1 + max(best[:j], default=0))
+    return max(best, default=0)
+
+
+def _opens_with(text: str, element: SETElement) -> bool:
+    """The strict check's start rule: the first structural token is `element`, after whitespace only."""
+    tokens = _tokens(text)
+    return bool(tokens) and (tokens[0].step, tokens[0].closing) == element and not text[: tokens[0].start].strip()
+
+
+def _role_format(trajectory: Trajectory, purpose: str, steps: tuple[int, ...], boxed: bool) -> float:
+    """Mean graded SET format over the trajectory's calls made for `purpose` (0 when there are none)."""
+    label_set = get_label_set(trajectory.label_set)
+    scores = [
+        graded_set_format(c.text, label_set, steps=steps, boxed=boxed, truncated=c.finish_reason == "length")
+        for c in trajectory.calls
+        if c.purpose == purpose
+    ]
+    return sum(scores) / len(scores) if scores else 0.0
+
+
+def graded_format_rewards(trajectory: Trajectory, gold: str) -> dict[Role, RewardBreakdown]:
+    """R_perceiver = g over its <step1>…</step1>; R_reasoner = g over its <step2>…<step3>…\\boxed{}; reflector as usual.
+
+    Each role is scored on the part of the SET answer it writes (per-role credit; `gold` is not used by the format
+    terms), so the two rewards differ: train with `algorithm.group_by: prompt_role`. Every breakdown also carries
+    both roles' graded scores and the strict RER `format` term, so the trainer's metrics show all three.
+    """
+    perceiver = _role_format(trajectory, "perceive", PERCEIVER_SET_STEPS, boxed=False)
+    reasoner = _role_format(trajectory, "reason", REASONER_SET_STEPS, boxed=True)
+    strict = format_score(trajectory.reasonings[-1].format_ok) if trajectory.reasonings else 0.0
+    terms = {"perceiver_format": perceiver, "reasoner_format": reasoner, "format": strict}
+    return {
+        "perceiver": RewardBreakdown(terms=terms, total=perceiver),
+        "reasoner": RewardBreakdown(terms=terms, total=reasoner),
+        "reflector": reflector_reward(trajectory, gold),
+    }
