@@ -8,6 +8,7 @@ machines, and using PIL everywhere gives the same pixel values (hence token ids)
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,6 +106,15 @@ class LoadedModel:
     model_type: str
     # One generation at a time per model instance, however many ChatModels (e.g. one per LoRA adapter) share it.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+    # Weights kept in float32 (a model being fully fine-tuned) compute in this dtype: bf16 weights would round
+    # most optimizer steps away.
+    autocast_dtype: torch.dtype | None = None
+
+    def compute(self) -> contextlib.AbstractContextManager:
+        """The context forward passes run in: autocast to `autocast_dtype`, or nothing."""
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.model.device.type, dtype=self.autocast_dtype)
 
 
 def load_hf_model(
@@ -143,9 +153,7 @@ def load_processor(model_dir: Path, model_type: str) -> ProcessorMixin:
     (chat_template.json or .jinja, preprocessor_config.json with min/max_pixels) behave as with their
     stock processor.
     """
-    if not any(
-        (model_dir / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")
-    ):
+    if not any((model_dir / name).is_file() for name in ("processor_config.json", "preprocessor_config.json")):
         raise ModelLoadError(
             f"{model_dir} is a {model_type} model without an image processor "
             "(processor_config.json / preprocessor_config.json missing)"
@@ -160,9 +168,7 @@ def load_processor(model_dir: Path, model_type: str) -> ProcessorMixin:
         raise ModelLoadError(f"cannot build the {model_type} processor for {model_dir}: {error}") from error
 
 
-def eos_token_ids(
-    generation_config: GenerationConfig | None, tokenizer: PreTrainedTokenizerBase
-) -> list[int]:
+def eos_token_ids(generation_config: GenerationConfig | None, tokenizer: PreTrainedTokenizerBase) -> list[int]:
     """Ids that end a turn: generation_config's eos (int or list), else the tokenizer's eos."""
     eos = generation_config.eos_token_id if generation_config is not None else None
     if eos is None:

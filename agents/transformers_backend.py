@@ -76,7 +76,7 @@ class TransformersChatModel:
         prompt_ids: list[int] = inputs["input_ids"][0].tolist()
         constraint = _ChoiceTrie(self._choice_sequences(choices), self._loaded.eos_token_ids) if choices else None
         try:
-            with self._loaded.lock, self._selected_adapter(), torch.inference_mode():
+            with self._loaded.lock, self._selected_adapter(), torch.inference_mode(), self._loaded.compute():
                 if sampling.seed is not None:
                     torch.manual_seed(sampling.seed)
                 output = self._loaded.model.generate(

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from agents.chat_model import ChatModel
 from agents.vllm_backend import VLLMChatModel
-from graphs.config import OFFLINE_PREFIX, ConfigError, GraphConfig, ModelSpec, VLLMModelSpec
+from graphs.config import OFFLINE_PREFIX, ConfigError, GraphConfig, ModelSpec, TransformersModelSpec, VLLMModelSpec
+
+if TYPE_CHECKING:  # torch loads only when a model does, so scripted/HTTP-only graphs start fast
+    import torch
 
 
 def resolve_model_dir(path: str, cache_dir: Path | None = None) -> Path:
@@ -35,14 +39,20 @@ def load_chat_model(spec: ModelSpec, *, cache_dir: Path | None = None) -> ChatMo
             spec.base_url, spec.model, adapter=spec.adapter, api_key_env=spec.api_key_env,
             supports_images=spec.images, timeout_s=spec.timeout_s, max_retries=spec.max_retries,
         )  # fmt: skip
-    import torch
-
     from agents.transformers_backend import TransformersChatModel
+
+    device, dtype = device_and_dtype(spec)
+    folder = resolve_model_dir(spec.path, cache_dir)
+    return TransformersChatModel.from_dir(folder, model_id=spec.path, device=device, dtype=dtype)
+
+
+def device_and_dtype(spec: TransformersModelSpec) -> tuple[str, torch.dtype]:
+    """`auto` resolved: cuda + bfloat16 when a GPU is there, else cpu + float32."""
+    import torch
 
     device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = spec.dtype if spec.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    folder = resolve_model_dir(spec.path, cache_dir)
-    return TransformersChatModel.from_dir(folder, model_id=spec.path, device=device, dtype=getattr(torch, dtype))
+    return device, getattr(torch, dtype)
 
 
 def load_role_models(config: GraphConfig, *, cache_dir: Path | None = None) -> dict[str, ChatModel]:

@@ -117,3 +117,35 @@ def test_roles_sharing_a_reward_count_once_in_their_group() -> None:
     assert [a["reasoner"] for a in advantages] == pytest.approx(list(expected))
     with pytest.raises(ValueError, match="different rewards"):
         role_advantages([{"perceiver": 1.0, "reasoner": 0.0}], ["a"], streams=streams)
+
+
+def test_full_training_in_bf16_keeps_float32_weights_so_small_steps_land(model_cache: Path) -> None:
+    """bf16 weights round an AdamW step of lr 2e-6 away for most entries; trained weights stay float32 and compute
+    under bf16 autocast, the frozen reference is held in bf16."""
+    from graphs.config import GraphConfig
+    from training.config import PolicyConfig
+    from training.policies import build_policies
+    from training.rows import TrainingRow
+
+    graph = GraphConfig.load({"models": {"default": {"path": "offline:tiny-idefics3", "dtype": "bfloat16"}}})
+    policy = build_policies(graph, PolicyConfig(mode="shared"), with_reference=True, cache_dir=model_cache).policies[
+        "shared"
+    ]
+    assert {p.dtype for p in policy.parameters()} == {torch.float32}
+    assert policy.loaded.autocast_dtype == torch.bfloat16
+    assert policy.reference is not None and {p.dtype for p in policy.reference.model.parameters()} == {torch.bfloat16}
+
+    row = TrainingRow(
+        trajectory_id="t", call_idx=0, group="g", role="reasoner", policy="shared", prompt_token_ids=[5, 6, 7, 8],
+        completion_token_ids=[9, 10, 11], rollout_logprobs=[0.0] * 3, advantage=1.0,
+    )  # fmt: skip
+    before = {name: p.detach().clone() for name, p in policy.loaded.model.named_parameters()}
+    with policy.active() as loaded:
+        (logprobs,) = micro_batch_logprobs(loaded, MicroBatch([row]))
+        logprobs.sum().backward()
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=2e-6, weight_decay=0.0)
+    optimizer.step()
+    stepped = [(name, p) for name, p in policy.loaded.model.named_parameters() if p.grad is not None]
+    moved = sum(int((p.detach() != before[name]).sum()) for name, p in stepped)
+    with_grad = sum(int((p.grad != 0).sum()) for _, p in stepped)
+    assert moved >= 0.99 * with_grad

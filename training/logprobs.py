@@ -174,8 +174,9 @@ def micro_batch_logprobs(loaded: LoadedModel, batch: MicroBatch, *, chunk_size: 
     device = loaded.model.device
     input_ids = torch.tensor([ids], device=device)
     model = base_model(loaded.model)
-    hidden = model.model(**_model_kwargs(loaded, batch, input_ids, positions)).last_hidden_state[0]
     index = torch.tensor(predictors, device=device)
     targets = input_ids[0, index + 1]
-    logprobs = chunked_token_logprobs(hidden[index], model.get_output_embeddings(), targets, chunk_size)
+    with loaded.compute():
+        hidden = model.model(**_model_kwargs(loaded, batch, input_ids, positions)).last_hidden_state[0]
+        logprobs = chunked_token_logprobs(hidden[index], model.get_output_embeddings(), targets, chunk_size)
     return list(logprobs.split([len(row.completion_token_ids) for row in batch.rows]))

@@ -22,7 +22,7 @@ from agents.chat_model import ChatModel
 from agents.hf_loading import LoadedModel, load_hf_model
 from agents.transformers_backend import TransformersChatModel
 from graphs.config import ROLES, GraphConfig, TransformersModelSpec
-from graphs.model_loading import load_chat_model, resolve_model_dir
+from graphs.model_loading import device_and_dtype, load_chat_model, resolve_model_dir
 from training.config import PolicyConfig
 from training.logprobs import use_packed_sdpa
 
@@ -102,15 +102,17 @@ class PolicySet:
         return folders
 
 
-def _device_and_dtype(spec: TransformersModelSpec) -> tuple[str, torch.dtype]:
-    device = spec.device if spec.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
-    dtype = spec.dtype if spec.dtype != "auto" else ("bfloat16" if device.startswith("cuda") else "float32")
-    return device, getattr(torch, dtype)
-
-
-def _load(spec: TransformersModelSpec, cache_dir: Path | None, *, gradient_checkpointing: bool) -> LoadedModel:
-    device, dtype = _device_and_dtype(spec)
-    loaded = load_hf_model(resolve_model_dir(spec.path, cache_dir), device=device, dtype=dtype)
+def _load(
+    spec: TransformersModelSpec, cache_dir: Path | None, *, gradient_checkpointing: bool, full_training: bool = False
+) -> LoadedModel:
+    """Frozen weights load in the spec's dtype. Fully trained weights stay float32 and compute under autocast to
+    that dtype: at RL learning rates (2e-6) most AdamW steps on bf16 weights round to no change at all."""
+    device, dtype = device_and_dtype(spec)
+    low_precision = dtype in (torch.bfloat16, torch.float16)
+    load_dtype = torch.float32 if full_training and low_precision else dtype
+    loaded = load_hf_model(resolve_model_dir(spec.path, cache_dir), device=device, dtype=load_dtype)
+    if load_dtype != dtype:
+        loaded.autocast_dtype = dtype
     for parameter in loaded.model.parameters():
         parameter.requires_grad_(False)
     use_packed_sdpa(loaded.model)  # packed training forwards attend row by row; generation is plain sdpa
@@ -120,10 +122,13 @@ def _load(spec: TransformersModelSpec, cache_dir: Path | None, *, gradient_check
 
 
 def _frozen_copy(loaded: LoadedModel) -> LoadedModel:
+    """A frozen copy of the initial weights, held in the compute dtype (it is never updated)."""
     model = copy.deepcopy(loaded.model).eval()
+    if loaded.autocast_dtype is not None:
+        model.to(loaded.autocast_dtype)
     for parameter in model.parameters():
         parameter.requires_grad_(False)
-    return dataclasses.replace(loaded, model=model, lock=threading.Lock())
+    return dataclasses.replace(loaded, model=model, lock=threading.Lock(), autocast_dtype=None)
 
 
 def build_policies(
@@ -142,7 +147,7 @@ def _spec(graph: GraphConfig, role: Role) -> TransformersModelSpec:
 
 def _shared(graph: GraphConfig, config: PolicyConfig, with_reference: bool, cache_dir: Path | None) -> PolicySet:
     spec = _spec(graph, ROLES[0])
-    loaded = _load(spec, cache_dir, gradient_checkpointing=config.gradient_checkpointing)
+    loaded = _load(spec, cache_dir, gradient_checkpointing=config.gradient_checkpointing, full_training=True)
     policy = Policy("shared", loaded, reference=_frozen_copy(loaded) if with_reference else None)
     chat = TransformersChatModel(loaded, model_id=spec.path)
     return PolicySet(
@@ -183,7 +188,7 @@ def _separate(graph: GraphConfig, config: PolicyConfig, with_reference: bool, ca
             chat_models[role] = load_chat_model(spec, cache_dir=cache_dir)
             continue
         assert isinstance(spec, TransformersModelSpec)
-        loaded = _load(spec, cache_dir, gradient_checkpointing=config.gradient_checkpointing)
+        loaded = _load(spec, cache_dir, gradient_checkpointing=config.gradient_checkpointing, full_training=True)
         policies[role] = Policy(role, loaded, reference=_frozen_copy(loaded) if with_reference else None)
         chat_models[role] = TransformersChatModel(loaded, model_id=f"{spec.path}#{role}")
     return PolicySet(policies=policies, policy_of={role: role for role in config.train_roles}, chat_models=chat_models)
