@@ -3,6 +3,8 @@ per-role reward function a training config names."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from agents.call_record import LLMCall, Purpose, Role
@@ -11,8 +13,10 @@ from agents.parsing import parse_set
 from agents.reasoner import Reasoning
 from graphs.trajectory import Trajectory
 from prompts import get_label_set
+from training.config import TrainConfig
 from training.rewards import graded_format_rewards, graded_set_format, load_reward_fn, set_elements
 
+ROOT = Path(__file__).resolve().parents[1]
 MIKELS = get_label_set("mikels8")
 FULL = "<step1>a dog runs</step1><step2>joy</step2><step3>positive, high</step3>\\boxed{amusement}"
 REASONER = {"steps": (2, 3), "boxed": True}
@@ -27,30 +31,37 @@ def test_elements_are_each_steps_tags_then_the_box() -> None:
 @pytest.mark.parametrize(
     ("text", "kwargs", "expected"),
     [
-        (FULL, {}, 1.0),
+        # (elements in order + opens with the first + ended) / (|E| + 2); the full answer has |E| = 7.
+        (FULL, {}, 9 / 9),
         ("", {}, 0.0),
-        ("I think it is amusement.", {}, 0.0),
-        # 3 of the 7 elements, in order: <step1>, </step1>, the box.
-        ("<step1>a dog</step1> so \\boxed{awe}", {}, 3 / 7),
-        # Out of order: either pair alone is in order, not both (LCS = 2 of 4).
-        ("<step2>x</step2><step1>y</step1>", {"steps": (1, 2), "boxed": False}, 2 / 4),
-        # Whole format but cut off, or after a preamble: capped one element short of full credit.
-        (FULL, {"truncated": True}, 6 / 7),
-        ("Sure! " + FULL, {}, 6 / 7),
+        ("I think it is amusement.", {}, 0.0),  # no element, so its ending earns nothing either
+        ("<step1>a dog</step1> so \\boxed{awe}", {}, (3 + 1 + 1) / 9),
+        # Out of order: either pair alone is in order, not both; and the answer does not open with <step1>.
+        ("<step2>x</step2><step1>y</step1>", {"steps": (1, 2), "boxed": False}, (2 + 0 + 1) / 6),
+        # The whole format, but cut off, or after a preamble.
+        (FULL, {"truncated": True}, (7 + 1 + 0) / 9),
+        ("Sure! " + FULL, {}, (7 + 0 + 1) / 9),
         ("  \n" + FULL, {}, 1.0),  # leading whitespace is allowed, as in the strict check
-        # A box whose content is not a label is no element; only the answer's last box counts.
-        ("<step2>a</step2><step3>b</step3>\\boxed{banana}", REASONER, 4 / 5),
-        ("<step2>a</step2><step3>b</step3>\\boxed{awe} or \\boxed{banana}", REASONER, 4 / 5),
+        # A box whose content is not a label is no element; only the answer's last box counts (|E| = 5).
+        ("<step2>a</step2><step3>b</step3>\\boxed{banana}", REASONER, (4 + 2) / 7),
+        ("<step2>a</step2><step3>b</step3>\\boxed{awe} or \\boxed{banana}", REASONER, (4 + 2) / 7),
         ("<step2>a</step2><step3>b</step3>\\boxed{banana} no, \\boxed{Awe.}", REASONER, 1.0),
-        ("<step2>a</step2><step3>b</step3>\\boxed{awe", REASONER, 4 / 5),  # never closed
-        # Tags with the strict check's tolerance (spacing, case); repeats earn nothing.
+        ("<step2>a</step2><step3>b</step3>\\boxed{awe", REASONER, (4 + 2) / 7),  # never closed
+        # Tags with the strict check's tolerance (spacing, case); repeats earn nothing (|E| = 2).
         ("< Step2 >a< / step2 ><STEP3>b</step3 >\\boxed{fear}", REASONER, 1.0),
-        ("<step1><step1><step1>", PERCEIVER, 1 / 2),
-        # The perceiver's part: both tags for full credit, the opening tag alone for half.
+        ("<step1>a<step1>b<step1>c", PERCEIVER, (1 + 2) / 4),
+        # Empty steps earn nothing; content right after the closing tag counts, as the parser reads it.
+        ("<step1></step1>", PERCEIVER, 0.0),
+        ("<step1><step1><step1>", PERCEIVER, 0.0),
+        ("<step1></step1> a cat", PERCEIVER, 1.0),
+        ("<step2></step2><step3>b</step3>\\boxed{awe}", REASONER, (3 + 0 + 1) / 7),
+        # The perceiver's part.
         ("<step1>a cat on a mat</step1>", PERCEIVER, 1.0),
-        ("<step1>a cat on a mat", PERCEIVER, 1 / 2),
-        ("<step1>a cat on a mat</step1>", {**PERCEIVER, "truncated": True}, 1 / 2),
-        ("A cat. </step1>", PERCEIVER, 1 / 2),
+        ("<step1>a cat on a mat", PERCEIVER, (1 + 2) / 4),
+        ("<step1>a cat on a mat</step1>", {**PERCEIVER, "truncated": True}, (2 + 1) / 4),
+        ("A cat on a mat <step1>", {**PERCEIVER, "truncated": True}, 0.0),  # a step needs content
+        ("A cat on <step1> a mat", {**PERCEIVER, "truncated": True}, 1 / 4),
+        ("A cat. </step1>", PERCEIVER, 0.0),  # a step never opened has no content
     ],
 )
 def test_graded_format_by_hand(text: str, kwargs: dict, expected: float) -> None:
@@ -67,13 +78,14 @@ def test_graded_format_by_hand(text: str, kwargs: dict, expected: float) -> None
         "<step3>b</step3><step2>a</step2>\\boxed{awe}",
         "<step2>a</step2>\\boxed{awe}<step3>b</step3>",
         "<step2>a<step3>b\\boxed{fear}",
+        "<step2></step2><step3>b</step3>\\boxed{awe}",
     ],
 )
 @pytest.mark.parametrize("truncated", [False, True])
-def test_full_credit_exactly_when_the_strict_check_passes(text: str, truncated: bool) -> None:
+def test_full_credit_exactly_when_the_strict_check_passes_without_empty_steps(text: str, truncated: bool) -> None:
     strict = parse_set(text, MIKELS, required_steps=(2, 3), truncated=truncated)
     graded = graded_set_format(text, MIKELS, steps=(2, 3), truncated=truncated)
-    assert (graded == 1.0) == (strict.format_ok and strict.label is not None)
+    assert (graded == 1.0) == (strict.format_ok and strict.label is not None and set(strict.steps) == {2, 3})
 
 
 def test_long_junk_is_fast_and_scores_nothing() -> None:
@@ -106,9 +118,10 @@ def test_reward_function_scores_each_role_on_its_own_part() -> None:
         ]
     )
     rewards = load_reward_fn("training.rewards:graded_format_rewards")(trajectory, "awe")
-    assert rewards["perceiver"].total == pytest.approx(1 / 2)
-    assert rewards["reasoner"].total == pytest.approx(3 / 5)
-    assert rewards["reasoner"].terms == pytest.approx({"perceiver_format": 0.5, "reasoner_format": 0.6, "format": 0.0})
+    assert rewards["perceiver"].total == pytest.approx(3 / 4)
+    assert rewards["reasoner"].total == pytest.approx(5 / 7)
+    terms = {"perceiver_format": 3 / 4, "reasoner_format": 5 / 7, "format": 0.0}
+    assert rewards["reasoner"].terms == pytest.approx(terms)
     assert rewards["reflector"].total == 0.0  # no verdicts in this trajectory
 
 
@@ -121,6 +134,13 @@ def test_reward_function_averages_rounds_and_reads_the_strict_term() -> None:
         strict_ok=True,
     )
     rewards = graded_format_rewards(trajectory, "awe")
-    assert rewards["perceiver"].total == pytest.approx((1.0 + 0.5) / 2)
+    assert rewards["perceiver"].total == pytest.approx((1.0 + 3 / 4) / 2)
     assert rewards["reasoner"].total == 0.0  # no reasoner call
     assert rewards["perceiver"]["format"] == 1.0
+
+
+def test_the_demo_config_names_this_reward_with_per_role_groups() -> None:
+    """configs/train-smollm2-demo.yaml: per-role rewards need per-role advantage groups."""
+    config = TrainConfig.load(ROOT / "configs" / "train-smollm2-demo.yaml")
+    assert load_reward_fn(config.algorithm.reward_fn or "") is graded_format_rewards
+    assert config.algorithm.group_by == "prompt_role"

@@ -24,7 +24,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from agents.call_record import Role
-from agents.parsing import _boxed_at, _tokens  # the strict check's readers: graded and strict read tags alike
+from agents.parsing import _Token, _tokens, parse_set  # the strict check's own readers: graded and strict agree
 from graphs.config import ConfigError
 from graphs.trajectory import Reflection, Trajectory
 from prompts import LabelSet, get_label_set
@@ -211,7 +211,6 @@ def load_reward_fn(spec: str) -> RewardFn:
 SETElement = tuple[int, bool]  # (step, closing tag?); step 0 is the \boxed{label}
 PERCEIVER_SET_STEPS = (1,)  # the perceiver writes step 1 only, without a box
 REASONER_SET_STEPS = (2, 3)  # the reasoner writes steps 2 and 3, then the box
-_MAX_LABEL_CHARS = 100  # a longer box is prose, not a label (as in agents.parsing)
 
 
 def set_elements(steps: tuple[int, ...], boxed: bool) -> list[SETElement]:
@@ -222,36 +221,40 @@ def set_elements(steps: tuple[int, ...], boxed: bool) -> list[SETElement]:
 def graded_set_format(
     text: str, label_set: LabelSet, *, steps: tuple[int, ...] = (1, 2, 3), boxed: bool = True, truncated: bool = False
 ) -> float:
-    """g = LCS(E, F)/|E|, capped at (|E|−1)/|E| unless the answer opens with E[0] and is not cut off.
+    """g = (LCS(E, F) + 1[F opens the answer with E₀] + 1[LCS > 0 ∧ not cut off]) / (|E| + 2).
 
-    E: the SET elements in order (`set_elements`). F: the elements as they occur in the text, tags read with the
-    same tolerance as the strict check (`agents.parsing`); the box counts only if it is the answer's last box
-    and holds a label of `label_set`. LCS: the longest common subsequence, so an element earns credit only in
-    the right order relative to the others, and repeats earn nothing. g = 1 exactly when the strict SET layout
-    check passes (whole format, opening at the first tag, not truncated); every element present adds 1/|E|.
+    The share of the strict SET check's conditions an answer meets: each element of E in order, the answer opening
+    with the first element, and the answer not cut off at the length limit. E: the SET elements (`set_elements`).
+    F: the elements as they occur in the text, read by the strict check's parser (`agents.parsing`, same tag
+    tolerance): a step's tags count only if the step has content (inside its tags or right after them), the box
+    only if it is the answer's last box and holds a label of `label_set`. LCS: the longest common subsequence, so
+    an element earns credit only in the right order relative to the others, and repeats earn nothing. An answer
+    with no SET element earns nothing for ending: stopping is not partly SET. g = 1 exactly when the strict layout
+    check passes (with a labelled box when `boxed`) and no step is empty.
     """
     expected = set_elements(steps, boxed)
-    found = _found_elements(text, label_set)
-    matched = _in_order(expected, found)
-    complete = not truncated and _opens_with(text, expected[0])
-    cap = len(expected) if complete else len(expected) - 1
-    return min(matched, cap) / len(expected)
-
-
-def _found_elements(text: str, label_set: LabelSet) -> list[SETElement]:
-    """Structural tokens of the text in order; a box only when it is the last one and holds a label."""
     tokens = _tokens(text)
+    kept = _kept_tokens(text, tokens, label_set, steps)
+    matched = _in_order(expected, [(t.step, t.closing) for t in kept])
+    opens = bool(kept) and kept[0] == tokens[0] and (kept[0].step, kept[0].closing) == expected[0]
+    opens = opens and not text[: kept[0].start].strip()
+    ends = matched > 0 and not truncated
+    return (matched + opens + ends) / (len(expected) + 2)
+
+
+def _kept_tokens(text: str, tokens: list[_Token], label_set: LabelSet, steps: tuple[int, ...]) -> list[_Token]:
+    """The structural tokens that are SET elements: tags of steps with content, the last box if it holds a label.
+
+    Empty steps earn nothing so that `<step1></step1>` alone, which the reference regex accepts, is not a way to
+    collect format reward without writing the step.
+    """
+    parsed = parse_set(text, label_set, required_steps=steps)
     last_box = max((t.start for t in tokens if t.step == 0), default=-1)
     return [
-        (t.step, t.closing)
+        t
         for t in tokens
-        if t.step != 0 or (t.start == last_box and _labelled(text, t.start, label_set))
+        if (t.step in parsed.steps) or (t.step == 0 and t.start == last_box and parsed.label is not None)
     ]
-
-
-def _labelled(text: str, box_start: int, label_set: LabelSet) -> bool:
-    content = _boxed_at(text, box_start)
-    return bool(content) and len(content) <= _MAX_LABEL_CHARS and label_set.normalize(content) is not None
 
 
 def _in_order(expected: list[SETElement], found: list[SETElement]) -> int:
@@ -263,12 +266,6 @@ def _in_order(expected: list[SETElement], found: list[SETElement]) -> int:
         if j is not None:
             best[j] = max(best[j], 1 + max(best[:j], default=0))
     return max(best, default=0)
-
-
-def _opens_with(text: str, element: SETElement) -> bool:
-    """The strict check's start rule: the first structural token is `element`, after whitespace only."""
-    tokens = _tokens(text)
-    return bool(tokens) and (tokens[0].step, tokens[0].closing) == element and not text[: tokens[0].start].strip()
 
 
 def _role_format(trajectory: Trajectory, purpose: str, steps: tuple[int, ...], boxed: bool) -> float:
