@@ -220,11 +220,12 @@ class LocalTrainer:
         if self.store is None:
             return {}
         run_ids = {}
+        config_hash = self.graph_config.fingerprint()
         for s in scored:
             result = s.rollout.result
             images = {i.sha256: i for call in result.trajectory.calls for m in call.messages for i in m.images}
             run_id = self.store.record_run(
-                result, source="train", images=list(images.values()), config_hash=self.graph_config.fingerprint(),
+                result, source="train", images=list(images.values()), config_hash=config_hash,
                 input_ref=f"{self.config.name} step {step} item {s.rollout.item.id} sample {s.rollout.sample}",
             )  # fmt: skip
             run_ids[result.trajectory.id] = run_id

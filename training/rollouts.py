@@ -46,13 +46,14 @@ def seeded_config(config: GraphConfig, seed: int, step: int, slot: int, sample: 
 
 def prompt_indices(num_items: int, per_step: int, step: int, seed: int) -> list[int]:
     """Dataset positions for `step`: epochs are seeded permutations laid end to end, read `per_step` at a time."""
-    start = step * per_step
+    orders: dict[int, list[int]] = {}
     indices = []
-    for position in range(start, start + per_step):
+    for position in range(step * per_step, (step + 1) * per_step):
         epoch, offset = divmod(position, num_items)
-        order = list(range(num_items))
-        random.Random(f"{seed}:{epoch}").shuffle(order)
-        indices.append(order[offset])
+        if epoch not in orders:  # a step spans one or a few epochs: shuffle each once
+            orders[epoch] = list(range(num_items))
+            random.Random(f"{seed}:{epoch}").shuffle(orders[epoch])
+        indices.append(orders[epoch][offset])
     return indices
 
 

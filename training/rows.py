@@ -101,8 +101,10 @@ def rows_from_trajectory(
     rows = []
     for i, weight in zip(picked, weights, strict=True):
         role = trajectory.calls[i].role
-        row = row_from_call(trajectory, i, group=group, policy=policy_of[role], advantage=advantages[role])
-        rows.append(row.model_copy(update={"token_weight": float(weight)}))
+        row = row_from_call(
+            trajectory, i, group=group, policy=policy_of[role], advantage=advantages[role], token_weight=float(weight)
+        )
+        rows.append(row)
     return rows
 
 
