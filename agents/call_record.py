@@ -6,9 +6,10 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from agents.chat_model import ChatMessage, Completion, FinishReason, LogprobMode, SamplingParams, Usage
+from emo_r3.agents.chat_model import ChatMessage, Completion, FinishReason, LogprobMode, SamplingParams, Usage
 
 Role = Literal["perceiver", "reasoner", "reflector"]
+ROLES: tuple[Role, ...] = ("perceiver", "reasoner", "reflector")
 # What the call was for: a role can make several kinds of call (the reflector asks two different questions).
 Purpose = Literal["perceive", "reason", "coherence", "consistency", "label_choice"]
 

@@ -6,7 +6,7 @@ from typing import Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, Field
 
-from agents.images import PreparedImage
+from emo_r3.agents.images import PreparedImage
 
 LogprobMode = Literal["raw_logprobs", "processed_logprobs"]
 FinishReason = Literal["stop", "length", "error"]

@@ -60,9 +60,7 @@ def prepare_image(
     buffer = io.BytesIO()
     rgb.save(buffer, format="PNG")
     png = buffer.getvalue()
-    prepared = PreparedImage(
-        sha256=hashlib.sha256(png).hexdigest(), width=rgb.width, height=rgb.height, source=source
-    )
+    prepared = PreparedImage(sha256=hashlib.sha256(png).hexdigest(), width=rgb.width, height=rgb.height, source=source)
     prepared._png = png
     return prepared
 

@@ -15,7 +15,7 @@ from typing import Literal, NamedTuple, TypeVar
 
 from pydantic import BaseModel
 
-from prompts.label_sets import Arousal, LabelSet, Valence
+from emo_r3.prompts.label_sets import Arousal, LabelSet, Valence
 
 # One regex finds every structural token. Step tags tolerate whitespace around "<", "/" and ">" (the
 # reference check deletes it) and any case; "\boxed{" is a token too, because it ends a step whose content
@@ -61,7 +61,9 @@ class PerceptionParse(BaseModel, frozen=True):
     problems: list[str]
 
 
-class _Token(NamedTuple):
+class SETToken(NamedTuple):
+    """One structural token of a SET answer: a `<stepK>` / `</stepK>` tag or a `\\boxed{` opener, with its span."""
+
     start: int
     end: int
     step: int  # 0 for "\boxed{"
@@ -76,7 +78,7 @@ def parse_set(
     `required_steps` is (2, 3) for the reasoner node, whose step 1 comes from the perceiver.
     `truncated` (finish_reason "length") fails the format: a cut-off answer must not earn the format reward.
     """
-    tokens = _tokens(text)
+    tokens = set_tokens(text)
     steps, seen = _step_contents(text, tokens)
     problems = ["answer cut off at the length limit"] if truncated else []
     problems += _step_problems(required_steps, steps, seen)
@@ -101,7 +103,7 @@ def parse_set(
 
 def parse_perception(text: str, *, truncated: bool = False) -> PerceptionParse:
     """The perceiver's step 1; with no step1 tag the whole answer is the description (but flagged)."""
-    steps, seen = _step_contents(text, _tokens(text))
+    steps, seen = _step_contents(text, set_tokens(text))
     problems = ["answer cut off at the length limit"] if truncated else []
     problems += _step_problems((1,), steps, seen)
     body = steps.get(1, "" if 1 in seen else text.strip())
@@ -132,17 +134,18 @@ def set_format_ok(text: str, required_steps: tuple[int, ...] = (1, 2, 3)) -> boo
     Reference: after deleting whitespace around "<", ">" and "/", the whole text fullmatches
     `<step1>.*</step1>.*<step2>.*</step2>.*<step3>.*</step3>.*\\boxed\\{.*\\}.*` (DOTALL).
     """
-    return _layout_ok(text, _tokens(text), required_steps)
+    return _layout_ok(text, set_tokens(text), required_steps)
 
 
-def _tokens(text: str) -> list[_Token]:
+def set_tokens(text: str) -> list[SETToken]:
+    """Every step tag and box opener in `text`, in order (the strict format check and the graded reward read these)."""
     tokens = []
     for m in _TOKEN.finditer(text):
-        tokens.append(_Token(m.start(), m.end(), int(m[2]) if m[2] else 0, m[1] is not None))
+        tokens.append(SETToken(m.start(), m.end(), int(m[2]) if m[2] else 0, m[1] is not None))
     return tokens
 
 
-def _step_contents(text: str, tokens: list[_Token]) -> tuple[dict[int, str], set[int]]:
+def _step_contents(text: str, tokens: list[SETToken]) -> tuple[dict[int, str], set[int]]:
     """Each step's first non-empty content, and the steps whose opening tag appears at all.
 
     The first non-empty occurrence wins so that a repetition loop of empty tags cannot hide real content.
@@ -159,7 +162,7 @@ def _step_contents(text: str, tokens: list[_Token]) -> tuple[dict[int, str], set
     return contents, seen
 
 
-def _content_after(text: str, tokens: list[_Token], i: int) -> str:
+def _content_after(text: str, tokens: list[SETToken], i: int) -> str:
     """Content of the step opened by tokens[i]: inside its tags, else after its closing tag (models often
     write `<step2></step2> I feel calm`); an unclosed tag runs to the next tag or box."""
     opening = tokens[i]
@@ -210,7 +213,7 @@ def _label_problems(has_box: bool, boxed: str | None, label: str | None, label_s
     return []
 
 
-def _layout_ok(text: str, tokens: list[_Token], required_steps: tuple[int, ...]) -> bool:
+def _layout_ok(text: str, tokens: list[SETToken], required_steps: tuple[int, ...]) -> bool:
     """Linear equivalent of the reference fullmatch: the text opens with the first expected tag (leading
     whitespace is deleted by the reference only before a "<"), the other tags and the box follow in order
     (for literals joined by `.*`, taking each one's earliest occurrence decides the match exactly), and a

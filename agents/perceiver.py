@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from agents.call_record import LLMCall
-from agents.chat_model import ChatMessage
-from agents.images import PreparedImage
-from agents.parsing import parse_perception
-from agents.role_agent import RoleAgent
-from prompts import render
+from emo_r3.agents.call_record import LLMCall
+from emo_r3.agents.chat_model import ChatMessage
+from emo_r3.agents.images import PreparedImage
+from emo_r3.agents.parsing import parse_perception
+from emo_r3.agents.role_agent import RoleAgent
+from emo_r3.prompts import render
 
 
 class Perception(BaseModel, frozen=True):

@@ -6,12 +6,12 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from agents.call_record import LLMCall
-from agents.chat_model import ChatMessage, SamplingParams
-from agents.images import PreparedImage
-from agents.parsing import parse_choice, parse_set
-from agents.role_agent import RoleAgent
-from prompts import LabelSet, render
+from emo_r3.agents.call_record import LLMCall
+from emo_r3.agents.chat_model import ChatMessage, SamplingParams
+from emo_r3.agents.images import PreparedImage
+from emo_r3.agents.parsing import parse_choice, parse_set
+from emo_r3.agents.role_agent import RoleAgent
+from emo_r3.prompts import LabelSet, render
 
 # The reasoner is asked for steps 2 and 3 only: step 1 is the perceiver's.
 REASONER_STEPS = (2, 3)
@@ -47,7 +47,11 @@ class Reasoner(RoleAgent):
     ) -> tuple[Reasoning, list[LLMCall]]:
         """Answer in the SET format; when the answer carries no usable label, ask the same model to pick one."""
         prompt = render(
-            "reasoner", context=context, perception=perception, labels=label_set.labels, feedback=feedback,
+            "reasoner",
+            context=context,
+            perception=perception,
+            labels=label_set.labels,
+            feedback=feedback,
             previous_label=previous_label,
         )
         seen = images if self.model.supports_images else ()
@@ -55,7 +59,9 @@ class Reasoner(RoleAgent):
             "reason", node="reason", round=round, messages=[ChatMessage.user(prompt, seen)]
         )
         parsed = parse_set(
-            completion.text, label_set, required_steps=REASONER_STEPS,
+            completion.text,
+            label_set,
+            required_steps=REASONER_STEPS,
             truncated=completion.finish_reason == "length",
         )
         calls = [call]
@@ -65,9 +71,15 @@ class Reasoner(RoleAgent):
             calls.append(choice_call)
             source = "closed_set"
         reasoning = Reasoning(
-            feeling=parsed.steps.get(2, ""), affect=parsed.steps.get(3, ""), valence=parsed.valence,
-            arousal=parsed.arousal, boxed=parsed.boxed, label=label, label_source=source,
-            format_ok=parsed.format_ok and parsed.label is not None, problems=parsed.problems,
+            feeling=parsed.steps.get(2, ""),
+            affect=parsed.steps.get(3, ""),
+            valence=parsed.valence,
+            arousal=parsed.arousal,
+            boxed=parsed.boxed,
+            label=label,
+            label_source=source,
+            format_ok=parsed.format_ok and parsed.label is not None,
+            problems=parsed.problems,
         )
         calls[0] = self._with_parsed(call, reasoning)
         return reasoning, calls
@@ -77,8 +89,12 @@ class Reasoner(RoleAgent):
     ) -> tuple[str, LLMCall]:
         prompt = render("label_choice", response=response.strip(), labels=label_set.labels)
         completion, call = await self._call(
-            "label_choice", node="reason", round=round, messages=[ChatMessage.user(prompt, images)],
-            choices=list(label_set.labels), sampling=LABEL_CHOICE_SAMPLING,
+            "label_choice",
+            node="reason",
+            round=round,
+            messages=[ChatMessage.user(prompt, images)],
+            choices=list(label_set.labels),
+            sampling=LABEL_CHOICE_SAMPLING,
         )
         # A backend that honours `choices` returns an option; if it still does not, fall back to the first
         # label rather than no label, and the call's parsed output says so.

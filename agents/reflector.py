@@ -10,12 +10,12 @@ from typing import Literal
 
 from pydantic import BaseModel
 
-from agents.call_record import LLMCall
-from agents.chat_model import ChatMessage
-from agents.images import PreparedImage
-from agents.parsing import parse_choice, parse_yes_no
-from agents.role_agent import RoleAgent
-from prompts import LabelSet, render
+from emo_r3.agents.call_record import LLMCall
+from emo_r3.agents.chat_model import ChatMessage
+from emo_r3.agents.images import PreparedImage
+from emo_r3.agents.parsing import parse_choice, parse_yes_no
+from emo_r3.agents.role_agent import RoleAgent
+from emo_r3.prompts import LabelSet, render
 
 YES_NO = ["yes", "no"]
 
@@ -39,7 +39,10 @@ class Reflector(RoleAgent):
     ) -> tuple[CoherenceVerdict, LLMCall]:
         prompt = render("coherence", perception=perception, feeling=feeling, labels=label_set.labels)
         completion, call = await self._call(
-            "coherence", node="reflect", round=round, messages=[ChatMessage.user(prompt)],
+            "coherence",
+            node="reflect",
+            round=round,
+            messages=[ChatMessage.user(prompt)],
             choices=list(label_set.labels),
         )
         implied = parse_choice(completion.text, label_set.labels)
@@ -53,7 +56,10 @@ class Reflector(RoleAgent):
     ) -> tuple[ConsistencyVerdict, LLMCall]:
         prompt = render("consistency", perception=perception)
         completion, call = await self._call(
-            "consistency", node="reflect", round=round, messages=[ChatMessage.user(prompt, images)],
+            "consistency",
+            node="reflect",
+            round=round,
+            messages=[ChatMessage.user(prompt, images)],
             choices=YES_NO,
         )
         answer = parse_yes_no(completion.text)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from agents.call_record import LLMCall, Purpose, Role
-from agents.chat_model import ChatMessage, ChatModel, Completion, ModelCallError, SamplingParams
+from emo_r3.agents.call_record import LLMCall, Purpose, Role
+from emo_r3.agents.chat_model import ChatMessage, ChatModel, Completion, ModelCallError, SamplingParams
 
 
 class AgentCallError(RuntimeError):
@@ -37,7 +37,12 @@ class RoleAgent:
     ) -> tuple[Completion, LLMCall]:
         sampling = sampling or self.sampling
         fields = dict(
-            role=self.role, purpose=purpose, node=node, round=round, messages=messages, choices=choices,
+            role=self.role,
+            purpose=purpose,
+            node=node,
+            round=round,
+            messages=messages,
+            choices=choices,
             sampling=sampling,
         )
         try:

@@ -3,10 +3,10 @@
 With `dtype: auto` the policies load in bfloat16 on cuda (float32 on cpu), so this runs `LocalTrainer` end to end on
 the given device — in-process rollouts through the graph, the verifiable `train_rewards:names_gold_label` reward,
 GRPO advantages, packed bf16 forward/backward, AdamW, traces, TensorBoard, checkpoints — in each policy mode
-(shared, lora, separate) with the tests' settings (`tests/test_local_trainer.py`), and records per mode the reward
-curve, loss, grad norms, |trainer − rollout| logprob gap, step time, peak GPU memory, the dtype and device of the
-trained parameters. Then a resume check: 2 steps, a new LocalTrainer on the same run folder trained to 4, against a
-straight 4-step run (steps 0–1 of the two runs also show run-to-run (non)determinism on the device).
+(shared, lora, separate) with the tests' settings (`tests/integration/test_local_trainer.py`), and records per mode
+the reward curve, loss, grad norms, |trainer − rollout| logprob gap, step time, peak GPU memory, the dtype and device
+of the trained parameters. Then a resume check: 2 steps, a new LocalTrainer on the same run folder trained to 4,
+against a straight 4-step run (steps 0–1 of the two runs also show run-to-run (non)determinism on the device).
 
     python benchmarks/gpu_train_check.py --model /path/to/tiny-idefics3 --device cuda --steps 5 --json out.json
     python benchmarks/gpu_train_check.py --model offline:tiny-idefics3 --device cpu --steps 2
@@ -15,8 +15,9 @@ Measured on an H200 (benchmarks/results/gpu_train_check.json, tiny-idefics3 save
 mode trains on cuda:0 with bf16 weights (LoRA adapters in fp32 on the bf16 base), |trainer − rollout| logprob gap
 1e-4–5e-4 (4e-7 in fp32 on CPU), peak 0.6–0.8 GiB, and the 2+2-step resume equals the straight run bit for bit.
 
-The JSON is rewritten after every step, so a run cut short still leaves what it measured. Needs `tests/` on
-PYTHONPATH (the reward function lives in tests/train_rewards.py).
+The JSON is rewritten after every step, so a run cut short still leaves what it measured. Needs emo-r3 installed
+(`pip install --no-deps .`, or a wheel built elsewhere: `pip wheel --no-deps -w dist .`); the reward function comes
+from tests/support/train_rewards.py, which the script puts on the path itself.
 """
 
 from __future__ import annotations
@@ -36,13 +37,12 @@ import numpy as np
 import torch
 from PIL import Image
 
-ROOT = Path(__file__).resolve().parents[1]
-for path in (ROOT, ROOT / "tests"):
-    if str(path) not in sys.path:
-        sys.path.insert(0, str(path))
+SUPPORT = Path(__file__).resolve().parents[1] / "tests" / "support"
+if str(SUPPORT) not in sys.path:
+    sys.path.insert(0, str(SUPPORT))
 
-from training.config import TrainConfig  # noqa: E402
-from training.local_trainer import LocalTrainer  # noqa: E402
+from emo_r3.training.config import TrainConfig  # noqa: E402
+from emo_r3.training.local_trainer import LocalTrainer  # noqa: E402
 
 # The tests' per-mode settings (test_reward_rises_in_each_policy_mode).
 MODES: dict[str, tuple[dict, float]] = {
@@ -66,7 +66,7 @@ def one_image_dataset(root: Path) -> Path:
 
 
 def train_config(run_dir: Path, data: Path, args: argparse.Namespace, *, mode: str, steps: int) -> dict:
-    """tests/test_local_trainer.py's `train_config`, with the model folder and device given here."""
+    """tests/integration/test_local_trainer.py's `train_config`, with the model folder and device given here."""
     policy, lr = MODES[mode]
     sampling = {"temperature": 1.0, "max_tokens": 4}
     return {

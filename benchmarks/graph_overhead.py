@@ -14,12 +14,12 @@ import asyncio
 import statistics
 import time
 
-from agents.chat_model import ChatMessage, SamplingParams
-from agents.images import prepare_image
-from agents.scripted_backend import ScriptedChatModel
-from graphs import EmotionGraph, GraphConfig
-from graphs.state import PreparedQuery
-from prompts import MIKELS_8
+from emo_r3.agents.backends.scripted import ScriptedChatModel
+from emo_r3.agents.chat_model import ChatMessage, SamplingParams
+from emo_r3.agents.images import prepare_image
+from emo_r3.graphs import EmotionGraph, GraphConfig
+from emo_r3.graphs.state import PreparedQuery
+from emo_r3.prompts import MIKELS_8
 
 SET_ANSWER = (
     "<step2>Someone seeing this would feel small and amazed by the scale.</step2>"

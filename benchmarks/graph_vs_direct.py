@@ -30,12 +30,12 @@ import httpx
 import numpy as np
 from PIL import Image
 
-from agents.vllm_backend import VLLMChatModel
-from graphs import EmotionGraph, EmotionQuery, GraphConfig
-from graphs.config import ROLES
-from graphs.model_loading import resolve_model_dir
-from graphs.trajectory import EmotionResult
-from graphs.vllm_process import VLLMProcess
+from emo_r3.agents.backends.vllm.chat import VLLMChatModel
+from emo_r3.agents.backends.vllm.process import VLLMProcess
+from emo_r3.agents.call_record import ROLES
+from emo_r3.agents.model_specs import resolve_model_dir
+from emo_r3.graphs import EmotionGraph, EmotionQuery, GraphConfig
+from emo_r3.graphs.trajectory import EmotionResult
 
 ROOT = Path(__file__).resolve().parents[1]
 SERVED_NAME = "bench"

@@ -3,7 +3,7 @@
 Not in the default test suite (about 20 minutes on a 2-core CPU). It builds a four-picture FI-layout dataset from
 scikit-image's bundled pictures (64 px; pseudo-labels, which the format reward does not read), trains the perceiver's
 LoRA adapter of `offline:smollm2-idefics3` with `configs/train-smollm2-demo.yaml`
-(`training.rewards:graded_format_rewards`), prints the per-step curve and writes it, with settings, timings and
+(`emo_r3.training.rewards:graded_format_rewards`), prints the per-step curve and writes it, with settings, timings and
 sample answers, to benchmarks/results/smollm2_format_demo.json (and a PNG with --plot).
 
     python benchmarks/smollm2_format_demo.py [--steps 20] [--plot benchmarks/results/smollm2_format_demo.png]
@@ -46,7 +46,7 @@ import yaml
 from PIL import Image
 
 if TYPE_CHECKING:
-    from training.config import TrainConfig
+    from emo_r3.training.config import TrainConfig
 
 # torch (imported by training.*) is imported only in `run`, after `main` has set OpenMP's wait policy: on a CPU
 # shared with other jobs, spinning OpenMP threads made a 2-thread backward pass 2.5x slower than a 1-thread one.
@@ -82,7 +82,7 @@ def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 def demo_config(run_dir: Path, data: Path, steps: int | None, override: dict[str, Any]) -> TrainConfig:
-    from training.config import TrainConfig
+    from emo_r3.training.config import TrainConfig
 
     settings = yaml.safe_load(CONFIG.read_text(encoding="utf-8"))
     settings = merge(settings, override)
@@ -123,7 +123,7 @@ def first_last(curve: list[dict[str, float]], k: int) -> dict[str, dict[str, flo
 
 def sample_answers(run_dir: Path, name: str, steps: list[int], per_step: int = 3) -> dict[str, list[dict[str, str]]]:
     """A few perceiver/reasoner texts from the given steps, read back from the run's trace store."""
-    from graphs.trace_store import TraceStore
+    from emo_r3.graphs.traces.store import TraceStore
 
     wanted = {f"{name} step {step} ": step for step in steps}
     samples: dict[str, list[dict[str, str]]] = {str(step): [] for step in steps}
@@ -170,7 +170,7 @@ def run_folder(stack: contextlib.ExitStack, given: Path | None) -> Path:
 def run(args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
     import torch
 
-    from training.local_trainer import LocalTrainer
+    from emo_r3.training.local_trainer import LocalTrainer
 
     torch.set_num_threads(args.threads)  # the CPU is shared with other work; never take more than asked
     data = build_dataset(run_dir / "data")

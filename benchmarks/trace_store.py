@@ -15,11 +15,12 @@ import time
 import uuid
 from pathlib import Path
 
-from agents.chat_model import ChatMessage, SamplingParams
-from agents.images import PreparedImage, prepare_image
-from agents.scripted_backend import ScriptedChatModel
-from graphs import EmotionGraph, EmotionQuery, EmotionResult, GraphConfig
-from graphs.trace_store import RunFilter, TraceStore
+from emo_r3.agents.backends.scripted import ScriptedChatModel
+from emo_r3.agents.chat_model import ChatMessage, SamplingParams
+from emo_r3.agents.images import PreparedImage, prepare_image
+from emo_r3.graphs import EmotionGraph, EmotionQuery, EmotionResult, GraphConfig
+from emo_r3.graphs.traces.records import RunFilter
+from emo_r3.graphs.traces.store import TraceStore
 
 # Realistic sizes: ~100-token perceptions and reasonings, one-word verdicts; prompts of several hundred tokens.
 PERCEPTION = "<step1>" + "A crowded street market at dusk with lanterns and smiling vendors. " * 7 + "</step1>"

@@ -1,10 +1,10 @@
 """Tokens/s of one training step (forward + backward of a policy-gradient loss): ours vs plain transformers.
 
-Ours is the trainer's path, `training.logprobs`: padding-free micro-batches (`micro_batches`), rows packed with
+Ours is the trainer's path, `emo_r3.training.logprobs`: padding-free micro-batches (`micro_batches`), rows packed with
 restarting positions and attended row by row (`use_packed_sdpa`), only completion positions through the LM head in
 recomputed chunks (`micro_batch_logprobs`), one backward per micro-batch, and no gradient checkpointing where the
 micro-batch fits without it. Variants measure the micro-batch budget, transformers' dense block mask instead of the
-per-row attention, and checkpointing. The baseline is REFERENCE §5's: one padded batch,
+per-row attention, and checkpointing. The baseline is the common plain-transformers step: one padded batch,
 `model(input_ids, attention_mask)` → full logits → log_softmax → gather on completion tokens, gradient checkpointing
 on. Both minimise the same loss, L = −Σ_{completion tokens} A·log π / N_completion, on the same rows, and record it
 so a test can check they agree. No optimizer step in either. Issue target: ours ≥ 1.5× the baseline's tokens/s in
@@ -36,9 +36,9 @@ import torch
 import transformers
 from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-from agents.hf_loading import LoadedModel
-from training.logprobs import micro_batch_logprobs, micro_batches, use_packed_sdpa
-from training.rows import TrainingRow
+from emo_r3.agents.backends.transformers.loading import LoadedModel
+from emo_r3.training.logprobs import micro_batch_logprobs, micro_batches, use_packed_sdpa
+from emo_r3.training.rows import TrainingRow
 
 # Qwen2.5-VL-3B-Instruct's shape (its config.json), and a tiny one with the same structure for CPU smoke runs.
 PRESETS: dict[str, dict[str, Any]] = {
@@ -208,7 +208,7 @@ def baseline_step(loaded: LoadedModel, batch: PaddedBatch) -> torch.Tensor:
 
 
 def ours_step(loaded: LoadedModel, rows: list[TrainingRow], variant: Variant, chunk_size: int) -> torch.Tensor:
-    """−Σ w·A·log π over `training.logprobs` micro-batches, one backward each (gradients accumulate)."""
+    """−Σ w·A·log π over `emo_r3.training.logprobs` micro-batches, one backward each (gradients accumulate)."""
     total = torch.zeros((), device=loaded.model.device)
     for batch in micro_batches(rows, variant.max_tokens, pack=variant.pack):
         values = micro_batch_logprobs(loaded, batch, chunk_size=chunk_size)

@@ -1,1 +1,3 @@
-"""Dataset loaders, metrics and reports for the standard visual-emotion benchmarks. Not built yet."""
+"""Evaluation on the standard visual-emotion benchmarks: `datasets` (loaders for their on-disk layouts), the
+graph or paper-parity `runner`, `metrics`, `report` (Markdown + HTML), `compare` (significance of a difference), and
+the `emo-r3 eval` command."""

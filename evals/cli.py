@@ -1,32 +1,33 @@
-"""`emo-r3 eval`: run a standard dataset through the graph and report; `emo-r3 eval compare A B`."""
+"""`emo-r3 eval`: run a standard dataset through the graph and report; `emo-r3 eval compare A B`.
+
+`emo-r3 --help` loads this module to list the command, so it imports only what declaring the command needs; the
+graph, the datasets and the report plots (matplotlib) load inside the commands.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
+from rich.text import Text
 
-from evals.compare import compare_runs
-from evals.items import LoadedDataset
-from evals.loaders import DatasetError, load_dataset, parse_dataset_spec
-from evals.metrics import compute_metrics
-from evals.predictions import PredictionRecord
-from evals.report import write_comparison, write_report
-from evals.runner import evaluate_graph, evaluate_paper_parity, pending_items
-from graphs.cli_setup import load_graph, recorder
-from graphs.results_file import ResultsFile, ResultsFileError
-from graphs.trace_store import DEFAULT_TRACE_PATH
-from prompts import LabelSet, get_label_set
+from emo_r3.graphs.cli.console import err, out, print_error
+from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH
 
-eval_app = typer.Typer(help="Evaluate on the standard visual-emotion datasets.", invoke_without_command=True)
-out = Console()
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from emo_r3.evals.items import LoadedDataset
+    from emo_r3.evals.predictions import PredictionRecord
+    from emo_r3.graphs.results_file import ResultsFile
+    from emo_r3.prompts import LabelSet
+
+eval_app = typer.Typer(
+    help="Evaluate on the standard visual-emotion datasets.", invoke_without_command=True, add_completion=False
+)
 
 PREDICTIONS, METRICS, META = "predictions.jsonl", "metrics.json", "meta.json"
 
@@ -59,19 +60,23 @@ def evaluate(
         return
     if dataset is None:
         raise typer.BadParameter("--dataset KIND:PATH is required (or use `emo-r3 eval compare`)")
+    from emo_r3.evals.datasets import DatasetError, load_dataset, parse_dataset_spec
+    from emo_r3.evals.runner import evaluate_graph, evaluate_paper_parity, pending_items
+    from emo_r3.graphs.cli.graph_setup import load_graph, recorder
+
     try:
         kind, path = parse_dataset_spec(dataset)
         loaded = load_dataset(kind, path, split=split, limit=limit, seed=seed)
     except DatasetError as error:
-        err.print(f"[red]error:[/red] {error}")
+        print_error(error)
         raise typer.Exit(2) from error
     for problem in loaded.skipped:
-        err.print(f"[yellow]skipped[/yellow] {problem}", highlight=False)
+        print_error(problem, label="skipped", style="yellow")
     folder = output or Path("runs") / "eval" / f"{kind}-{loaded.split or 'all'}"
     results = _open_predictions(folder / PREDICTIONS)
     graph = load_graph(config, None, max_rounds, recorder(traces, no_traces, "eval", None))
     items = pending_items(loaded, results, retry_errors)
-    err.print(f"{len(loaded.items)} items ({len(loaded.items) - len(items)} already done) → {folder}")
+    err.print(Text(f"{len(loaded.items)} items ({len(loaded.items) - len(items)} already done) → {folder}"))
     run = evaluate_paper_parity if paper_parity else evaluate_graph
     with _progress(len(items)) as advance:
         asyncio.run(run(graph, items, results, max_concurrency=concurrency, on_record=advance))
@@ -79,13 +84,15 @@ def evaluate(
         graph.traces.close()
     records = [results.records[item.id] for item in loaded.items if item.id in results.records]
     if not records:
-        err.print("[red]error:[/red] no item was evaluated (see the skipped inputs above)")
+        print_error("no item was evaluated (see the skipped inputs above)")
         raise typer.Exit(1)
     _finish(folder, loaded, dataset, paper_parity, graph.config.fingerprint(), records)
 
 
 def _scoring_label_set(loaded: LoadedDataset) -> LabelSet:
     """The dataset's label set; for per-item candidate sets (VECBench) the union of every item's labels."""
+    from emo_r3.prompts import get_label_set
+
     if loaded.label_set != "per-item":
         return get_label_set(loaded.label_set)
     return get_label_set(sorted({label for item in loaded.items for label in get_label_set(item.label_set).labels}))
@@ -94,18 +101,27 @@ def _scoring_label_set(loaded: LoadedDataset) -> LabelSet:
 def _finish(
     folder: Path, loaded: LoadedDataset, spec: str, parity: bool, config_hash: str, records: list[PredictionRecord]
 ) -> None:
+    from emo_r3.evals.metrics import compute_metrics
+    from emo_r3.evals.report import write_report
+
     metrics = compute_metrics(records, _scoring_label_set(loaded))
     meta = {
-        "dataset": spec, "kind": loaded.kind, "split": loaded.split, "label_set": loaded.label_set,
-        "paper_parity": parity, "config_hash": config_hash, "items": len(records), "skipped": loaded.skipped,
-    }  # fmt: skip
+        "dataset": spec,
+        "kind": loaded.kind,
+        "split": loaded.split,
+        "label_set": loaded.label_set,
+        "paper_parity": parity,
+        "config_hash": config_hash,
+        "items": len(records),
+        "skipped": loaded.skipped,
+    }
     (folder / METRICS).write_text(metrics.model_dump_json(indent=2))
     (folder / META).write_text(json.dumps(meta, indent=2))
     title = f"EMO-R3 eval: {spec}" + (" (paper parity)" if parity else "")
     markdown, html = write_report(metrics, records, folder, title=title, meta=meta)
-    out.print(f"accuracy {metrics.accuracy:.4f}  macro-F1 {metrics.macro_f1:.4f}  weighted-F1 {metrics.weighted_f1:.4f}"
-              f"  ({metrics.n} items)")  # fmt: skip
-    err.print(f"report: {markdown}  {html}")
+    scores = f"macro-F1 {metrics.macro_f1:.4f}  weighted-F1 {metrics.weighted_f1:.4f}  ({metrics.n} items)"
+    out.print(Text(f"accuracy {metrics.accuracy:.4f}  {scores}"))
+    err.print(Text(f"report: {markdown}  {html}"))
 
 
 class _progress:
@@ -123,24 +139,27 @@ class _progress:
     def advance(self, record: PredictionRecord) -> None:
         self._bar.update(self._task, advance=1)
         if record.status == "error":
-            self._bar.console.print(f"[yellow]{record.id}[/yellow]: {record.error}", highlight=False)
+            self._bar.console.print(Text.assemble((record.id, "yellow"), f": {record.error}"))
 
     def __exit__(self, *exc: object) -> None:
         self._bar.__exit__(*exc)
 
 
 def _open_predictions(path: Path) -> ResultsFile[PredictionRecord]:
+    from emo_r3.evals.predictions import PredictionRecord
+    from emo_r3.graphs.results_file import ResultsFile, ResultsFileError
+
     try:
         return ResultsFile(path, PredictionRecord)
     except ResultsFileError as error:
-        err.print(f"[red]error:[/red] {error}")
+        print_error(error)
         raise typer.Exit(2) from error
 
 
 def _read_predictions(folder: Path) -> tuple[list[PredictionRecord], str]:
     path = folder / PREDICTIONS
     if not path.is_file():
-        err.print(f"[red]error:[/red] {folder} holds no {PREDICTIONS}; pass the folder an `emo-r3 eval` wrote")
+        print_error(f"{folder} holds no {PREDICTIONS}; pass the folder an `emo-r3 eval` wrote")
         raise typer.Exit(2)
     records = list(_open_predictions(path).records.values())
     meta = json.loads((folder / META).read_text()) if (folder / META).is_file() else {}
@@ -154,19 +173,23 @@ def compare(
     output: Annotated[Path | None, typer.Option("--out", "-o", help="also write comparison.md/.html here")] = None,
 ) -> None:
     """Side-by-side metrics of two evals on the same items, with a significance estimate for the difference."""
+    from emo_r3.evals.compare import compare_runs
+    from emo_r3.evals.report import write_comparison
+    from emo_r3.prompts import get_label_set
+
     records_a, label_set = _read_predictions(run_a)
     records_b, _ = _read_predictions(run_b)
     try:
         comparison = compare_runs(records_a, records_b, get_label_set(label_set), name_a=run_a.name, name_b=run_b.name)
     except ValueError as error:
-        err.print(f"[red]error:[/red] {error}")
+        print_error(error)
         raise typer.Exit(2) from error
     table = Table("metric", f"A {run_a.name}", f"B {run_b.name}", "B − A")
     for row in comparison.rows():
-        table.add_row(*row)
+        table.add_row(*map(Text, row))
     out.print(table)
-    out.print(comparison.verdict, highlight=False)
+    out.print(Text(comparison.verdict))
     if output is not None:
         meta = {"A": str(run_a), "B": str(run_b), "label_set": label_set}
         markdown, html = write_comparison(comparison, output, title=f"{run_a.name} vs {run_b.name}", meta=meta)
-        err.print(f"comparison: {markdown}  {html}")
+        err.print(Text(f"comparison: {markdown}  {html}"))

@@ -11,9 +11,9 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from evals.metrics import EvalMetrics, compute_metrics, encode, macro_weighted_f1, prf
-from evals.predictions import PredictionRecord
-from prompts.label_sets import LabelSet, get_label_set
+from emo_r3.evals.metrics import EvalMetrics, compute_metrics, encode, macro_weighted_f1, prf
+from emo_r3.evals.predictions import PredictionRecord
+from emo_r3.prompts.label_sets import LabelSet, get_label_set
 
 DELTA_METRICS = ("accuracy", "macro_f1", "weighted_f1", "format_rate", "accept_rate")
 METRIC_NAMES = {"accuracy": "accuracy", "macro_f1": "macro-F1", "weighted_f1": "weighted-F1",

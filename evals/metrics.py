@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import numpy as np
 from pydantic import BaseModel, Field
 
-from evals.predictions import PredictionRecord
-from prompts.label_sets import LabelSet, get_label_set
+from emo_r3.evals.predictions import PredictionRecord
+from emo_r3.prompts.label_sets import LabelSet, get_label_set
 
 NONE_COLUMN = "(none)"  # confusion-matrix column for a missing prediction or one outside the label set
 
@@ -120,8 +120,13 @@ def compute_metrics(records: Sequence[PredictionRecord], label_set: LabelSet | s
         per_class=[
             ClassMetrics(label=label, precision=p, recall=r, f1=f, support=s, predicted=d)
             for label, p, r, f, s, d in zip(
-                labels.labels, precision.tolist(), recall.tolist(), f1.tolist(), support.tolist(),
-                predicted.tolist(), strict=True,
+                labels.labels,
+                precision.tolist(),
+                recall.tolist(),
+                f1.tolist(),
+                support.tolist(),
+                predicted.tolist(),
+                strict=True,
             )
         ],
         columns=[*labels.labels, NONE_COLUMN],

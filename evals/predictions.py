@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pydantic import Field
 
-from evals.items import EvalItem
-from graphs.results_file import ResultRecord
-from graphs.trajectory import EmotionResult
+from emo_r3.evals.items import EvalItem
+from emo_r3.graphs.results_file import ResultRecord
+from emo_r3.graphs.trajectory import EmotionResult
 
 
 class PredictionRecord(ResultRecord):

@@ -19,9 +19,9 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from evals.compare import METRIC_NAMES, BootstrapCI, Comparison, format_p, paired_values, pct, pts
-from evals.metrics import EvalMetrics
-from evals.predictions import PredictionRecord
+from emo_r3.evals.compare import METRIC_NAMES, BootstrapCI, Comparison, format_p, paired_values, pct, pts
+from emo_r3.evals.metrics import EvalMetrics
+from emo_r3.evals.predictions import PredictionRecord
 
 MAX_ITEM_ROWS = 50  # misclassified items and errors listed per report
 MAX_TICK_CHARS = 18
@@ -376,7 +376,11 @@ _ENVIRONMENT = jinja2.Environment(autoescape=True, undefined=jinja2.StrictUndefi
 
 
 def html_document(
-    title: str, meta: dict[str, Any], head: list[Headline], plots: list[Plot], tables: list[Table],
+    title: str,
+    meta: dict[str, Any],
+    head: list[Headline],
+    plots: list[Plot],
+    tables: list[Table],
     verdict: str = "",
 ) -> str:
     """The self-contained page; every value goes through Jinja's autoescape."""

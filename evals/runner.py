@@ -5,15 +5,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from agents.chat_model import ChatMessage, ChatModel, ModelCallError, SamplingParams
-from agents.images import ImageError, prepare_image
-from agents.parsing import parse_set
-from evals.items import EvalItem, LoadedDataset
-from evals.predictions import PredictionRecord
-from graphs.emotion_graph import EmotionGraph
-from graphs.results_file import ResultsFile
-from graphs.trajectory import EmotionQuery
-from prompts import get_label_set, render
+from emo_r3.agents.chat_model import ChatMessage, ChatModel, ModelCallError, SamplingParams
+from emo_r3.agents.images import ImageError, prepare_image
+from emo_r3.agents.parsing import parse_set
+from emo_r3.evals.items import EvalItem, LoadedDataset
+from emo_r3.evals.predictions import PredictionRecord
+from emo_r3.graphs.emotion_graph import EmotionGraph
+from emo_r3.graphs.results_file import ResultsFile
+from emo_r3.graphs.trajectory import EmotionQuery
+from emo_r3.prompts import get_label_set, render
 
 OnRecord = Callable[[PredictionRecord], None]
 

@@ -9,8 +9,8 @@ from typing import Any, Literal, Protocol
 
 from pydantic import BaseModel, Field, ValidationError
 
-from graphs.results_file import ResultRecord, ResultsFile
-from graphs.trajectory import EmotionQuery, EmotionResult
+from emo_r3.graphs.results_file import ResultRecord, ResultsFile
+from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 

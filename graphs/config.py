@@ -4,61 +4,18 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from agents.call_record import Role
-from agents.chat_model import SamplingParams
-from agents.images import DEFAULT_MAX_PIXELS, MAX_DECODE_PIXELS
-from prompts import get_label_set
+from emo_r3.agents.call_record import ROLES, Role
+from emo_r3.agents.chat_model import SamplingParams
+from emo_r3.agents.images import DEFAULT_MAX_PIXELS, MAX_DECODE_PIXELS
+from emo_r3.agents.model_specs import ConfigError, ModelSpec, TransformersModelSpec
+from emo_r3.prompts import get_label_set
 
-ROLES: tuple[Role, ...] = ("perceiver", "reasoner", "reflector")
 Check = Literal["coherence", "consistency"]
-
-OFFLINE_PREFIX = "offline:"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot work; the message names the field and what to change."""
-
-
-class TransformersModelSpec(BaseModel):
-    """A model run in this process. `path` is a local HF folder, or `offline:<kind>` for a model built locally."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["transformers"] = "transformers"
-    path: str = "offline:smollm2-idefics3"
-    device: str = Field("auto", description="auto = cuda if available, else cpu; or e.g. cuda:1")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto = bfloat16 on GPU, float32 on CPU"
-    )
-
-
-class VLLMModelSpec(BaseModel):
-    """A model (or one LoRA adapter of it) served by vLLM's OpenAI-compatible server."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    backend: Literal["vllm"]
-    base_url: str = Field(description="e.g. http://127.0.0.1:8000")
-    model: str = Field(description="the server's --served-model-name")
-    adapter: str | None = Field(None, description="a LoRA adapter name on that server")
-    api_key_env: str | None = Field(None, description="environment variable holding the API key (never stored)")
-    images: bool = Field(True, description="whether the served model takes images")
-    timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(3, ge=0)
 
 
 def read_yaml(path: Path, what: str) -> dict:
@@ -72,17 +29,6 @@ def read_yaml(path: Path, what: str) -> dict:
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
     return data
-
-
-def _backend_of(spec: object) -> str:
-    # `backend` may be omitted: a model without one runs in-process.
-    return spec.get("backend", "transformers") if isinstance(spec, dict) else getattr(spec, "backend", "transformers")
-
-
-ModelSpec = Annotated[
-    Annotated[TransformersModelSpec, Tag("transformers")] | Annotated[VLLMModelSpec, Tag("vllm")],
-    Discriminator(_backend_of),
-]
 
 
 def _default_models() -> dict[str, ModelSpec]:

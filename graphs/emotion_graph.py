@@ -9,20 +9,21 @@ from pathlib import Path
 from langgraph.graph import END, START, StateGraph
 from pydantic import ValidationError
 
-from agents.call_record import Role
-from agents.chat_model import ChatModel
-from agents.images import ImageError, PreparedImage, prepare_image
-from agents.perceiver import Perceiver
-from agents.reasoner import Reasoner
-from agents.reflector import Reflector
-from graphs.config import ConfigError, GraphConfig
-from graphs.model_loading import load_role_models
-from graphs.nodes import GraphNodes
-from graphs.routing import after_reflect, recursion_limit, unless_error
-from graphs.state import GraphState, PreparedQuery, initial_state
-from graphs.trace_recorder import TraceRecorder
-from graphs.trajectory import EmotionQuery, EmotionResult, ImageRef, Termination, Trajectory
-from prompts import UnknownLabelSetError, get_label_set
+from emo_r3.agents.call_record import Role
+from emo_r3.agents.chat_model import ChatModel
+from emo_r3.agents.images import ImageError, PreparedImage, prepare_image
+from emo_r3.agents.model_specs import ConfigError
+from emo_r3.agents.perceiver import Perceiver
+from emo_r3.agents.reasoner import Reasoner
+from emo_r3.agents.reflector import Reflector
+from emo_r3.graphs.config import GraphConfig
+from emo_r3.graphs.nodes import GraphNodes
+from emo_r3.graphs.recording import RunRecorder
+from emo_r3.graphs.role_models import load_role_models
+from emo_r3.graphs.routing import after_reflect, recursion_limit, unless_error
+from emo_r3.graphs.state import GraphState, PreparedQuery, initial_state
+from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult, ImageRef, Termination, Trajectory
+from emo_r3.prompts import UnknownLabelSetError, get_label_set
 
 QueryLike = EmotionQuery | str | Path
 
@@ -46,7 +47,7 @@ class EmotionGraph:
     """Runs queries through the reflective graph. Build with `from_config`, then `run`, `arun` or `abatch`."""
 
     def __init__(
-        self, config: GraphConfig, models: Mapping[Role, ChatModel], *, traces: TraceRecorder | None = None
+        self, config: GraphConfig, models: Mapping[Role, ChatModel], *, traces: RunRecorder | None = None
     ) -> None:
         _check_image_support(config, models)
         self.config = config
@@ -69,7 +70,7 @@ class EmotionGraph:
         *,
         models: Mapping[Role, ChatModel] | None = None,
         cache_dir: Path | None = None,
-        traces: TraceRecorder | None = None,
+        traces: RunRecorder | None = None,
     ) -> EmotionGraph:
         """Load the config (YAML path, dict or instance; None = offline defaults) and its models.
 
@@ -96,7 +97,10 @@ class EmotionGraph:
             prepared = await asyncio.to_thread(self.prepare, query)
         except (ImageError, UnknownLabelSetError, ValidationError) as error:
             result = EmotionResult(
-                query_id=query.id, label=None, label_set=self.label_set.name, termination="error",
+                query_id=query.id,
+                label=None,
+                label_set=self.label_set.name,
+                termination="error",
                 error=f"bad input: {error}",
             )
             return await self._record(result, query, ())

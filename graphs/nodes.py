@@ -6,15 +6,15 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from agents.perceiver import Perceiver
-from agents.reasoner import Reasoner
-from agents.reflector import Reflector
-from agents.role_agent import AgentCallError
-from graphs.config import Check
-from graphs.routing import decide
-from graphs.state import GraphState
-from graphs.trajectory import Reflection
-from prompts import render
+from emo_r3.agents.perceiver import Perceiver
+from emo_r3.agents.reasoner import Reasoner
+from emo_r3.agents.reflector import Reflector
+from emo_r3.agents.role_agent import AgentCallError
+from emo_r3.graphs.config import Check
+from emo_r3.graphs.routing import decide
+from emo_r3.graphs.state import GraphState
+from emo_r3.graphs.trajectory import Reflection
+from emo_r3.prompts import render
 
 Update = dict[str, Any]
 
@@ -45,8 +45,12 @@ class GraphNodes:
         previous = state["reasonings"][-1].label if state["reasonings"] else None
         try:
             reasoning, calls = await self.reasoner.reason(
-                query.images, context=query.text, perception=state["perceptions"][-1].text,
-                label_set=query.label_set, feedback=state["feedback"], previous_label=previous,
+                query.images,
+                context=query.text,
+                perception=state["perceptions"][-1].text,
+                label_set=query.label_set,
+                feedback=state["feedback"],
+                previous_label=previous,
                 round=state["round"],
             )
         except AgentCallError as error:
@@ -59,8 +63,11 @@ class GraphNodes:
         pending = {}
         if "coherence" in self.checks:
             pending["coherence"] = self.reflector.check_coherence(
-                perception=perception.text, feeling=reasoning.feeling, answered_label=reasoning.label,
-                label_set=query.label_set, round=round,
+                perception=perception.text,
+                feeling=reasoning.feeling,
+                answered_label=reasoning.label,
+                label_set=query.label_set,
+                round=round,
             )
         if "consistency" in self.checks:
             pending["consistency"] = self.reflector.check_consistency(
@@ -87,7 +94,9 @@ class GraphNodes:
             update |= {"round": round + 1, "feedback": render("correction", check="consistency")}
         elif decision == "revise_reasoning":
             feedback = render(
-                "correction", check="coherence", implied_label=coherence.implied_label,
+                "correction",
+                check="coherence",
+                implied_label=coherence.implied_label,
                 answered_label=coherence.answered_label,
             )
             update |= {"round": round + 1, "feedback": feedback}

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from typing import Literal
 
-from agents.reflector import CoherenceVerdict, ConsistencyVerdict
-from graphs.state import GraphState
-from graphs.trajectory import Decision
+from emo_r3.agents.reflector import CoherenceVerdict, ConsistencyVerdict
+from emo_r3.graphs.state import GraphState
+from emo_r3.graphs.trajectory import Decision
 
 NodeName = Literal["perceive", "reason", "reflect", "finalize"]
 

@@ -7,12 +7,12 @@ from typing import Annotated, TypedDict
 
 from pydantic import BaseModel
 
-from agents.call_record import LLMCall
-from agents.images import PreparedImage
-from agents.perceiver import Perception
-from agents.reasoner import Reasoning
-from graphs.trajectory import Reflection
-from prompts import LabelSet
+from emo_r3.agents.call_record import LLMCall
+from emo_r3.agents.images import PreparedImage
+from emo_r3.agents.perceiver import Perception
+from emo_r3.agents.reasoner import Reasoning
+from emo_r3.graphs.trajectory import Reflection
+from emo_r3.prompts import LabelSet
 
 
 class PreparedQuery(BaseModel, frozen=True):
@@ -39,6 +39,14 @@ class GraphState(TypedDict):
 
 def initial_state(query: PreparedQuery, max_rounds: int) -> GraphState:
     return GraphState(
-        query=query, max_rounds=max_rounds, round=0, feedback=None, error=None, perceptions=[],
-        reasonings=[], reflections=[], calls=[], path=[],
+        query=query,
+        max_rounds=max_rounds,
+        round=0,
+        feedback=None,
+        error=None,
+        perceptions=[],
+        reasonings=[],
+        reflections=[],
+        calls=[],
+        path=[],
     )

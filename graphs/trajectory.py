@@ -8,10 +8,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from agents.call_record import LLMCall
-from agents.perceiver import Perception
-from agents.reasoner import Reasoning
-from agents.reflector import CoherenceVerdict, ConsistencyVerdict
+from emo_r3.agents.call_record import LLMCall
+from emo_r3.agents.perceiver import Perception
+from emo_r3.agents.reasoner import Reasoning
+from emo_r3.agents.reflector import CoherenceVerdict, ConsistencyVerdict
 
 MAX_TEXT_CHARS = 4000
 

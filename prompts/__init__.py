@@ -1,6 +1,6 @@
 """Versioned prompt templates and emotion label sets. Imports nothing else from the project."""
 
-from prompts.label_sets import (
+from emo_r3.prompts.label_sets import (
     BUILTIN_LABEL_SETS,
     EKMAN_7,
     EMOTION_6,
@@ -10,7 +10,7 @@ from prompts.label_sets import (
     UnknownLabelSetError,
     get_label_set,
 )
-from prompts.rendering import PROMPT_VERSION, render
+from emo_r3.prompts.rendering import PROMPT_VERSION, render
 
 __all__ = [
     "BUILTIN_LABEL_SETS",

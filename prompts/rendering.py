@@ -11,16 +11,17 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 PROMPT_VERSION = "v1"
 
-TemplateName = Literal[
-    "perceiver", "reasoner", "coherence", "consistency", "correction", "label_choice", "set_single"
-]
+TemplateName = Literal["perceiver", "reasoner", "coherence", "consistency", "correction", "label_choice", "set_single"]
 
 
 @cache
 def _environment() -> ImmutableSandboxedEnvironment:
     # StrictUndefined turns a missing variable into an error at render time instead of a silently empty prompt.
     return ImmutableSandboxedEnvironment(
-        undefined=StrictUndefined, autoescape=False, keep_trailing_newline=False, trim_blocks=True,
+        undefined=StrictUndefined,
+        autoescape=False,
+        keep_trailing_newline=False,
+        trim_blocks=True,
         lstrip_blocks=True,
     )
 
@@ -28,7 +29,7 @@ def _environment() -> ImmutableSandboxedEnvironment:
 @cache
 def _template(name: str) -> Template:
     # Compiled once per process: compiling costs ~2 ms, rendering ~20 µs, and every graph node renders.
-    path = resources.files("prompts") / "templates" / PROMPT_VERSION / f"{name}.j2"
+    path = resources.files("emo_r3.prompts") / "templates" / PROMPT_VERSION / f"{name}.j2"
     return _environment().from_string(path.read_text(encoding="utf-8"))
 
 

@@ -19,6 +19,8 @@ MODELS="${EMO_R3_HOME:-$HOME/.cache/emo-r3}/models"
 # OpenRLHF's loss module is the reference the loss parity tests compare against; the full package needs CUDA
 # (flash-attn), its loss and utility modules only torch.
 .venv/bin/pip install --quiet --no-deps openrlhf==0.11.2
+# The wheel test installs EMO-R3 next to the OpenAI Agents SDK, which owns the top-level import name `agents`.
+.venv/bin/pip download --quiet --no-deps --only-binary=:all: -d .venv-test-wheels openai-agents==0.24.0
 .venv/bin/emo-r3 models import-smollm2 "$MODELS"
 .venv/bin/emo-r3 models make-tiny "$MODELS"
 

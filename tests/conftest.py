@@ -1,4 +1,9 @@
-"""Shared fixtures: images (generated, and public-domain pictures bundled in PyPI packages) and offline models."""
+"""Shared fixtures (images generated or bundled in PyPI packages, offline models) and the test tiers.
+
+Each folder is a tier and its tests carry its marker: `unit` (no model, server, browser or subprocess), `integration`
+(tiny models, subprocesses, the CLI as a user runs it) and `servers` (real vLLM, Phoenix, Chromium). Helpers that
+tests and their child processes import live in `support/`, which is on the path.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,24 @@ import numpy as np
 import pytest
 from PIL import Image
 
-# The real vLLM server fixture (tests/vllm_server.py): one CPU server per session, started on first use.
-pytest_plugins = ["vllm_server"]
+# Fixture modules in support/: the real vLLM server (one CPU server per session, started on first use), the trace
+# viewer over a filled store, and scripted graph runs for the OpenTelemetry tests.
+pytest_plugins = ["vllm_server", "viewer_site", "scripted_otel_runs"]
+
+TESTS = Path(__file__).parent
+TIERS = ("unit", "integration", "servers")
 
 # Tests never reach a model hub; anything that tries must fail loudly instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        tier = item.path.relative_to(TESTS).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.path} is outside the test tiers {TIERS}: move it into one of them")
+        item.add_marker(tier)
 
 
 @pytest.fixture(scope="session")
@@ -44,7 +61,7 @@ def noise_image(tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
     """Where offline models are built once and reused across sessions (CI warms it in .ci/run)."""
-    from agents.model_cache import default_model_cache
+    from emo_r3.agents.offline_models.cache import default_model_cache
 
     return default_model_cache()
 
@@ -54,7 +71,7 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> 
     """A graph config file with every role on the tiny random Idefics3: fast on CPU, short greedy answers."""
     import yaml
 
-    from agents.offline_models import ensure_model
+    from emo_r3.agents.offline_models import ensure_model
 
     ensure_model("tiny-idefics3", model_cache)
     short = {"temperature": 0, "max_tokens": 16}

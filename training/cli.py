@@ -1,19 +1,26 @@
-"""`emo-r3 train --config train.yaml`: joint RL of the graph's roles with the `local` trainer."""
+"""`emo-r3 train --config train.yaml`: joint RL of the graph's roles with the `local` trainer.
+
+`emo-r3 --help` loads this module to list the command, so torch (through the training config) loads only inside it.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
-from graphs.config import ConfigError
-from training.config import TrainConfig
+from emo_r3.agents.model_specs import ConfigError
+from emo_r3.graphs.cli.console import err, print_error
 
-train_app = typer.Typer(help="Train the graph's roles jointly with RL (local trainer).", invoke_without_command=True)
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from emo_r3.training.config import TrainConfig
+
+train_app = typer.Typer(
+    help="Train the graph's roles jointly with RL (local trainer).", invoke_without_command=True, add_completion=False
+)
 
 
 @train_app.callback()
@@ -24,29 +31,31 @@ def train(
     progress: Annotated[bool, typer.Option(help="show a progress bar")] = True,
 ) -> None:
     """Train to `steps`, resuming from the run folder's latest checkpoint if there is one."""
+    from emo_r3.training.config import TrainConfig
+
     try:
         cfg = TrainConfig.load(config)
     except ConfigError as error:
-        err.print(f"[red]error:[/red] {error}")
+        print_error(error)
         raise typer.Exit(2) from error
     updates = {k: v for k, v in {"steps": steps, "run_dir": run_dir}.items() if v is not None}
     cfg = cfg.model_copy(update=updates)
     try:
         _run(cfg, progress)
     except _user_errors() as error:
-        err.print(f"[red]error:[/red] {error}")
+        print_error(error)
         raise typer.Exit(1) from error
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """Failures whose message tells the user what to do; anything else is a bug and keeps its traceback."""
-    from agents.hf_loading import ModelLoadError
-    from agents.offline_models import OfflineModelError
-    from evals.loaders import DatasetError
-    from training.checkpoint import CheckpointError
-    from training.local_trainer import TrainingError
-    from training.rows import RowError
-    from training.vllm_sync import AdapterSyncError
+    from emo_r3.agents.backends.transformers.loading import ModelLoadError
+    from emo_r3.agents.backends.vllm.adapters import AdapterSyncError
+    from emo_r3.agents.offline_models import OfflineModelError
+    from emo_r3.evals.datasets import DatasetError
+    from emo_r3.training.checkpoint import CheckpointError
+    from emo_r3.training.local_trainer import TrainingError
+    from emo_r3.training.rows import RowError
 
     return (
         ConfigError, DatasetError, ModelLoadError, OfflineModelError, CheckpointError, TrainingError, RowError,
@@ -55,11 +64,11 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 
 def _run(cfg: TrainConfig, progress: bool) -> None:
-    from training.local_trainer import LocalTrainer  # torch loads only when training really starts
+    from emo_r3.training.local_trainer import LocalTrainer  # torch loads only when training really starts
 
     trainer = LocalTrainer(cfg)
     if trainer.step:
-        err.print(f"resuming {cfg.run_dir} at step {trainer.step}")
+        err.print(Text(f"resuming {cfg.run_dir} at step {trainer.step}"))
     columns = (
         TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("reward {task.fields[reward]:.3f}  loss {task.fields[loss]:+.4f}"),
@@ -68,9 +77,10 @@ def _run(cfg: TrainConfig, progress: bool) -> None:
         task = bar.add_task("train", total=cfg.steps, completed=trainer.step, reward=0.0, loss=0.0)
 
         def advance(step: int, metrics: dict[str, float]) -> None:
-            bar.update(task, completed=step, reward=metrics["reward/mean"], loss=metrics.get("loss", 0.0))
+            reward, loss = metrics["reward/mean"], metrics.get("loss", 0.0)
+            bar.update(task, completed=step, reward=reward, loss=loss)
             if not progress:
-                err.print(f"step {step}: reward {metrics['reward/mean']:.4f} loss {metrics.get('loss', 0.0):+.5f}")
+                err.print(Text(f"step {step}: reward {reward:.4f} loss {loss:+.5f}"))
 
         trainer.train(on_step=advance)
-    err.print(f"done: {cfg.run_dir} (checkpoints, traces.sqlite, tensorboard/)")
+    err.print(Text(f"done: {cfg.run_dir} (checkpoints, traces.sqlite, tensorboard/)"))

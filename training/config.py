@@ -7,10 +7,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from agents.call_record import Role
-from graphs.config import ROLES, ConfigError, GraphConfig, TransformersModelSpec, read_yaml
-from training.losses import KLKind
-from training.rewards import GraphTermWeights, RERWeights
+from emo_r3.agents.call_record import ROLES, Role
+from emo_r3.agents.model_specs import ConfigError, TransformersModelSpec, VLLMModelSpec
+from emo_r3.graphs.config import GraphConfig, read_yaml
+from emo_r3.training.losses import KLKind
+from emo_r3.training.rewards import GraphTermWeights, RERWeights
 
 PolicyMode = Literal["shared", "lora", "separate"]
 Estimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_baseline"]
@@ -21,7 +22,7 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """A dataset read by the evaluation loaders (`evals.loaders`), e.g. kind `emoset`, `parquet`, `fi`."""
+    """A dataset read by the evaluation loaders (`emo_r3.evals.datasets`), e.g. kind `emoset`, `parquet`, `fi`."""
 
     kind: str
     path: Path
@@ -57,12 +58,27 @@ class RolloutConfig(_Section):
     backend: Literal["in_process", "vllm"] = "in_process"
     base_url: str | None = None
     served_model: str | None = Field(None, description="the server's --served-model-name of the base model")
+    api_key_env: str | None = Field(None, description="environment variable holding the server's API key")
     timeout_s: float = Field(300.0, gt=0)
     max_concurrency: int = Field(8, ge=1, description="graph runs in flight at once")
 
+    def server(self, adapter: str | None = None) -> VLLMModelSpec:
+        """The vLLM server as a graph model spec (base model, or one role's adapter): the graph's own client then
+        reaches it, with the same API key, timeout and retries."""
+        if self.base_url is None or self.served_model is None:
+            raise ConfigError("rollout.backend 'vllm' needs rollout.base_url and rollout.served_model")
+        return VLLMModelSpec(
+            backend="vllm",
+            base_url=self.base_url,
+            model=self.served_model,
+            adapter=adapter,
+            api_key_env=self.api_key_env,
+            timeout_s=self.timeout_s,
+        )
+
 
 class AlgorithmConfig(_Section):
-    """GRPO-family recipe; defaults are EMO-R3's reference run (REFERENCE §1)."""
+    """GRPO-family recipe; defaults are EMO-R3's reference run (docs/method.md)."""
 
     group_size: int = Field(8, ge=2, description="graph runs per prompt")
     prompts_per_step: int = Field(4, ge=1)

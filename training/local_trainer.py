@@ -16,22 +16,28 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from agents.call_record import Role
-from agents.chat_model import ChatModel
-from agents.vllm_backend import VLLMChatModel
-from evals.loaders import load_dataset
-from graphs.config import ROLES
-from graphs.trace_store import TraceStore, TrainingRowRecord
-from graphs.trajectory import Trajectory
-from training.advantages import role_advantages
-from training.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
-from training.config import TrainConfig
-from training.policies import PolicySet, build_policies
-from training.rewards import RewardBreakdown, load_reward_fn, role_rewards
-from training.rollouts import Rollout, prompt_indices, rollout_step
-from training.rows import TrainingRow, rows_from_trajectory
-from training.update import RowKey, UpdateResult, frozen_logprobs, update
-from training.vllm_sync import load_adapters
+from emo_r3.agents.backends.vllm.adapters import load_adapters
+from emo_r3.agents.call_record import ROLES, Role
+from emo_r3.agents.chat_model import ChatModel
+from emo_r3.agents.model_specs import load_chat_model
+from emo_r3.evals.datasets import load_dataset
+from emo_r3.graphs.traces.records import TrainingRowRecord
+from emo_r3.graphs.traces.store import TraceStore
+from emo_r3.graphs.trajectory import Trajectory
+from emo_r3.training.advantages import role_advantages
+from emo_r3.training.checkpoint import (
+    CheckpointError,
+    latest_checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+    set_rng_state,
+)
+from emo_r3.training.config import TrainConfig
+from emo_r3.training.policies import PolicySet, build_policies
+from emo_r3.training.rewards import RewardBreakdown, load_reward_fn, role_rewards
+from emo_r3.training.rollouts import Rollout, prompt_indices, rollout_step
+from emo_r3.training.rows import TrainingRow, rows_from_trajectory
+from emo_r3.training.update import RowKey, UpdateResult, frozen_logprobs, update
 
 logger = logging.getLogger(__name__)
 
@@ -84,13 +90,8 @@ class LocalTrainer:
         rollout = self.config.rollout
         if rollout.backend == "in_process":
             return self.policies.chat_models
-        base_url, served = str(rollout.base_url), str(rollout.served_model)  # both checked by TrainConfig
         trained = self.policies.policy_of
-        timeout = rollout.timeout_s
-        return {
-            role: VLLMChatModel(base_url, served, adapter=role if role in trained else None, timeout_s=timeout)
-            for role in ROLES
-        }
+        return {role: load_chat_model(rollout.server(role if role in trained else None)) for role in ROLES}
 
     def _resume(self) -> None:
         folder = latest_checkpoint(self.run_dir / "checkpoints")
@@ -269,7 +270,7 @@ class LocalTrainer:
         folder = self.run_dir / "adapters" / f"step-{self.step:08d}"
         shutil.rmtree(folder, ignore_errors=True)
         adapters = self.policies.save_adapters(folder)
-        load_adapters(str(rollout.base_url), adapters, timeout_s=rollout.timeout_s)
+        load_adapters(rollout.server(), adapters)
         for old in sorted((self.run_dir / "adapters").glob("step-*"))[:-2]:
             shutil.rmtree(old, ignore_errors=True)
 

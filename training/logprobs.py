@@ -20,9 +20,9 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from agents.hf_loading import LoadedModel
-from agents.images import PreparedImage
-from training.rows import TrainingRow
+from emo_r3.agents.backends.transformers.loading import LoadedModel
+from emo_r3.agents.images import PreparedImage
+from emo_r3.training.rows import TrainingRow
 
 # Families whose rotary positions are 3-D (M-RoPE): text rows take their 1-D positions on all three axes, image
 # rows the positions their model computes from the image grid.

@@ -17,14 +17,14 @@ from pathlib import Path
 
 import torch
 
-from agents.call_record import Role
-from agents.chat_model import ChatModel
-from agents.hf_loading import LoadedModel, load_hf_model
-from agents.transformers_backend import TransformersChatModel
-from graphs.config import ROLES, GraphConfig, TransformersModelSpec
-from graphs.model_loading import device_and_dtype, load_chat_model, resolve_model_dir
-from training.config import PolicyConfig
-from training.logprobs import use_packed_sdpa
+from emo_r3.agents.backends.transformers.chat import TransformersChatModel
+from emo_r3.agents.backends.transformers.loading import LoadedModel, load_hf_model
+from emo_r3.agents.call_record import ROLES, Role
+from emo_r3.agents.chat_model import ChatModel
+from emo_r3.agents.model_specs import TransformersModelSpec, device_and_dtype, load_chat_model, resolve_model_dir
+from emo_r3.graphs.config import GraphConfig
+from emo_r3.training.config import PolicyConfig
+from emo_r3.training.logprobs import use_packed_sdpa
 
 
 @dataclass

@@ -23,11 +23,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.call_record import Role
-from agents.parsing import _Token, _tokens, parse_set  # the strict check's own readers: graded and strict agree
-from graphs.config import ConfigError
-from graphs.trajectory import Reflection, Trajectory
-from prompts import LabelSet, get_label_set
+from emo_r3.agents.call_record import Role
+from emo_r3.agents.model_specs import ConfigError
+from emo_r3.agents.parsing import SETToken, parse_set, set_tokens
+from emo_r3.graphs.trajectory import Reflection, Trajectory
+from emo_r3.prompts import LabelSet, get_label_set
 
 NO_EVIDENCE = 0.5
 
@@ -225,7 +225,7 @@ def graded_set_format(
 
     The share of the strict SET check's conditions an answer meets: each element of E in order, the answer opening
     with the first element, and the answer not cut off at the length limit. E: the SET elements (`set_elements`).
-    F: the elements as they occur in the text, read by the strict check's parser (`agents.parsing`, same tag
+    F: the elements as they occur in the text, read by the strict check's parser (`emo_r3.agents.parsing`, same tag
     tolerance): a step's tags count only if the step has content (inside its tags or right after them), the box
     only if it is the answer's last box and holds a label of `label_set`. LCS: the longest common subsequence, so
     an element earns credit only in the right order relative to the others, and repeats earn nothing. An answer
@@ -233,7 +233,7 @@ def graded_set_format(
     check passes (with a labelled box when `boxed`) and no step is empty.
     """
     expected = set_elements(steps, boxed)
-    tokens = _tokens(text)
+    tokens = set_tokens(text)
     kept = _kept_tokens(text, tokens, label_set, steps)
     matched = _in_order(expected, [(t.step, t.closing) for t in kept])
     opens = bool(kept) and kept[0] == tokens[0] and (kept[0].step, kept[0].closing) == expected[0]
@@ -242,7 +242,7 @@ def graded_set_format(
     return (matched + opens + ends) / (len(expected) + 2)
 
 
-def _kept_tokens(text: str, tokens: list[_Token], label_set: LabelSet, steps: tuple[int, ...]) -> list[_Token]:
+def _kept_tokens(text: str, tokens: list[SETToken], label_set: LabelSet, steps: tuple[int, ...]) -> list[SETToken]:
     """The structural tokens that are SET elements: tags of steps with content, the last box if it holds a label.
 
     Empty steps earn nothing so that `<step1></step1>` alone, which the reference regex accepts, is not a way to

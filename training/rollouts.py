@@ -12,12 +12,12 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agents.call_record import Role
-from agents.chat_model import ChatModel
-from evals.items import EvalItem
-from graphs.config import GraphConfig
-from graphs.emotion_graph import EmotionGraph
-from graphs.trajectory import EmotionQuery, EmotionResult
+from emo_r3.agents.call_record import Role
+from emo_r3.agents.chat_model import ChatModel
+from emo_r3.evals.items import EvalItem
+from emo_r3.graphs.config import GraphConfig
+from emo_r3.graphs.emotion_graph import EmotionGraph
+from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
 
 
 @dataclass

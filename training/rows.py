@@ -11,10 +11,10 @@ from collections.abc import Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agents.call_record import LLMCall, Role
-from agents.images import PreparedImage
-from graphs.trajectory import Trajectory
-from training.advantages import trajectory_token_weights
+from emo_r3.agents.call_record import LLMCall, Role
+from emo_r3.agents.images import PreparedImage
+from emo_r3.graphs.trajectory import Trajectory
+from emo_r3.training.advantages import trajectory_token_weights
 
 
 class TrainingRow(BaseModel):
@@ -93,7 +93,7 @@ def rows_from_trajectory(
     """The rows of one trajectory: every trainable call of a role in `policy_of`, with its role's advantage.
 
     Token weight w = 1 / Σ_{trained calls of the trajectory} T_call, so each trajectory's tokens sum to 1 whatever
-    number of calls or tokens its roles produced (`training.advantages.trajectory_token_weights`, per trajectory).
+    number of calls or tokens its roles produced (`trajectory_token_weights`, per trajectory).
     """
     picked = [i for i, call in enumerate(trajectory.calls) if call.role in policy_of and is_trainable(call)]
     counts = [len(trajectory.calls[i].completion_token_ids) for i in picked]

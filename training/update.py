@@ -12,11 +12,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-from training.config import AlgorithmConfig, OptimConfig
-from training.logprobs import micro_batch_logprobs, micro_batches
-from training.losses import kl_loss, policy_loss
-from training.policies import Policy, PolicySet
-from training.rows import TrainingRow, rows_by_policy
+from emo_r3.training.config import AlgorithmConfig, OptimConfig
+from emo_r3.training.logprobs import micro_batch_logprobs, micro_batches
+from emo_r3.training.losses import kl_loss, policy_loss
+from emo_r3.training.policies import Policy, PolicySet
+from emo_r3.training.rows import TrainingRow, rows_by_policy
 
 RowKey = tuple[str, int]
 

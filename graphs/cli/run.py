@@ -1,0 +1,79 @@
+"""`emo-r3 run IMAGE...`: one query through the graph, its answer and how the graph got there."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.text import Text
+
+from emo_r3.graphs.cli import options
+from emo_r3.graphs.cli.console import err, out, print_error
+from emo_r3.graphs.cli.graph_setup import load_graph, recorder
+from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH
+from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
+
+run_app = typer.Typer(add_completion=False)
+
+
+@run_app.command()
+def run(
+    images: Annotated[list[Path], typer.Argument(help="image file(s) of one query")],
+    text: Annotated[str | None, typer.Option("--text", "-t", help="optional context for the image")] = None,
+    config: options.Config = None,
+    label_set: options.LabelSet = None,
+    max_rounds: options.MaxRounds = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the full result with its trajectory")] = False,
+    traces: options.Traces = DEFAULT_TRACE_PATH,
+    no_traces: options.NoTraces = False,
+    otlp: options.Otlp = None,
+) -> None:
+    """Recognise the emotion one image evokes, and show how the graph got there."""
+    graph = load_graph(config, label_set, max_rounds, recorder(traces, no_traces, "run", otlp))
+    try:
+        query = EmotionQuery(images=list(images), text=text)
+    except ValueError as error:
+        print_error(error)
+        raise typer.Exit(2) from error
+    result = graph.run(query)
+    if as_json:
+        sys.stdout.write(result.model_dump_json(indent=2) + "\n")
+    else:
+        print_result(result)
+    if graph.traces is not None:
+        graph.traces.close()
+        if not no_traces and result.trajectory is not None:
+            err.print(Text(f"trace: emo-r3 traces show {result.trajectory.id[:12]} --traces {traces}"))
+    if not result.ok:
+        raise typer.Exit(1)
+
+
+def print_result(result: EmotionResult) -> None:
+    """The answer as a person reads it: label, affect, rationale, the reflector's verdicts and the path."""
+    if result.label is None:
+        err.print(Text.assemble(("failed", "red"), f" ({result.termination}): {result.error}"))
+        return
+    field = _field
+    out.print(field("emotion", f"{result.label}  ({result.label_set})"))
+    out.print(field("valence", f"{result.valence or '?'}   arousal {result.arousal or '?'}"))
+    out.print(field("rationale", result.rationale or "(none)"))
+    if result.coherence:
+        implied = result.coherence.implied_label or "none"
+        out.print(field("coherence", f"{'pass' if result.coherence.passed else 'fail'} (text implies {implied})"))
+    if result.consistency:
+        status = "pass" if result.consistency.passed else "fail"
+        answer = result.consistency.answer or "nothing usable"
+        out.print(field("consistency", f"{status} (reflector said {answer})"))
+    labels = {"finalize": result.termination if result.termination != "accepted" else "accept"}
+    out.print(field("path", " → ".join(labels.get(node, node) for node in result.path)))
+    if not result.format_ok:
+        out.print(field("note", "the answer did not follow the SET format; see --json for the calls", "yellow"))
+    if result.error:
+        print_error(result.error)
+
+
+def _field(name: str, value: str, style: str = "bold") -> Text:
+    """One `name  value` line; the value is data, printed as it is (never read as markup)."""
+    return Text.assemble((f"{name:<10}", style), " ", value)

@@ -1,0 +1,225 @@
+"""OpenTelemetry export to a real receiver: graph runs (scripted model) sent over OTLP/HTTP to Arize Phoenix,
+started here as a subprocess, and read back through its REST API to match their span plan span by span.
+The span plan itself: tests/unit/test_otel_plan.py."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from repo import ROOT
+from scripted_otel_runs import by_key
+
+from emo_r3.agents.backends.vllm.process import free_port
+from emo_r3.graphs.traces.otel import OtelRunExporter, SpanPlan, run_spans_plan
+from emo_r3.graphs.traces.store import TraceStore
+
+PHOENIX_VERSION = "20.26.1"
+PHOENIX_INSTALL = (
+    "python3 -m venv .venv-phoenix && "
+    f".venv-phoenix/bin/pip install -c constraints.txt arize-phoenix=={PHOENIX_VERSION}"
+)
+
+# What Phoenix adds to a stored span when it translates GenAI attributes into its OpenInference ones.
+PHOENIX_DERIVED = ("openinference.", "llm.", "input.", "output.")
+PHOENIX_KIND = {"chat": "LLM", "invoke_agent": "AGENT"}
+
+
+# -- a real OTLP receiver ----------------------------------------------------------------------------------
+
+
+def phoenix_executable() -> Path:
+    candidates = [os.environ.get("EMO_R3_PHOENIX"), ROOT / ".venv-phoenix" / "bin" / "phoenix", shutil.which("phoenix")]
+    for candidate in filter(None, candidates):
+        if Path(candidate).is_file():
+            return Path(candidate)
+    pytest.fail(
+        "Arize Phoenix, the OTLP receiver these tests read spans back from, is not installed. "
+        f"In the repository root run: {PHOENIX_INSTALL}  (or set EMO_R3_PHOENIX to a `phoenix` executable)",
+        pytrace=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def phoenix(tmp_path_factory) -> Iterator[str]:
+    """A Phoenix server on free loopback ports with its own SQLite file; yields its base URL."""
+    workdir = tmp_path_factory.mktemp("phoenix")
+    port = free_port()
+    inherited = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
+    env = inherited | {  # Phoenix runs from its own venv: nothing of ours may leak onto its import path
+        "PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(port), "PHOENIX_GRPC_PORT": str(free_port()),
+        "PHOENIX_WORKING_DIR": str(workdir), "PHOENIX_TELEMETRY_ENABLED": "false",
+        "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
+    }  # fmt: skip
+    log = (workdir / "phoenix.log").open("wb")
+    server = subprocess.Popen([phoenix_executable(), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(server, url, workdir / "phoenix.log")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait()
+        log.close()
+
+
+def wait_until_ready(server: subprocess.Popen, url: str, log: Path, timeout_s: float = 90) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            pytest.fail(f"Phoenix exited with {server.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    pytest.fail(f"Phoenix did not answer {url}/healthz within {timeout_s} s:\n{log.read_text()[-3000:]}")
+
+
+def read_traces(url: str, trace_ids: list[str], count: int, timeout_s: float = 30) -> dict[str, list[dict]]:
+    """Each trace's spans as Phoenix stored them; it ingests in the background, so wait for `count` spans each."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        reply = httpx.get(
+            f"{url}/v1/projects/default/spans/otlpv1", params={"trace_id": trace_ids, "limit": 1000}, timeout=10
+        )
+        traces: dict[str, list[dict]] = {trace_id: [] for trace_id in trace_ids}
+        for span in reply.json()["data"] if reply.status_code == 200 else []:
+            traces[span["trace_id"]].append(span)
+        if all(len(spans) >= count for spans in traces.values()) or time.monotonic() > deadline:
+            return traces
+        time.sleep(0.2)
+
+
+def read_trace(url: str, trace_id: str, count: int) -> list[dict]:
+    return read_traces(url, [trace_id], count)[trace_id]
+
+
+def otlp_value(value: dict):
+    if value.get("array_value") is not None:
+        return [otlp_value(item) for item in value["array_value"]["values"]]
+    for kind in ("string_value", "bool_value", "int_value", "double_value"):
+        if value.get(kind) is not None:
+            return value[kind]
+    return None
+
+
+def check_trace_matches_plan(spans: list[dict], plans: list[SpanPlan], started_at: float) -> None:
+    """Every planned span arrived once, with its name, parent, attributes, status and times."""
+    assert len(spans) == len(plans)
+    received = {span["span_id"]: span for span in spans}
+
+    def identity(span: dict) -> str:  # a span's plan key, from the attributes that number it
+        attributes = {a["key"]: otlp_value(a["value"]) for a in span["attributes"]}
+        if "emo_r3.call.index" in attributes:
+            return f"call/{attributes['emo_r3.call.index']}"
+        return f"node/{attributes['emo_r3.node.index']}" if "emo_r3.node.index" in attributes else "run"
+
+    keys = {span_id: identity(span) for span_id, span in received.items()}
+    assert sorted(keys.values()) == sorted(plan.key for plan in plans)
+    start_ns = round(started_at * 1e9)
+    for span_id, span in received.items():
+        plan = by_key(plans)[keys[span_id]]
+        assert span["name"] == plan.name
+        assert (keys[span["parent_span_id"]] if span["parent_span_id"] else None) == plan.parent
+        attributes = {a["key"]: otlp_value(a["value"]) for a in span["attributes"]}
+        assert {key: attributes.get(key) for key in plan.attributes} == plan.attributes
+        derived = attributes.keys() - plan.attributes.keys()
+        assert all(key.startswith(PHOENIX_DERIVED) for key in derived), derived
+        # Phoenix maps GenAI spans to its own kinds: proof that it read them as the conventions define them.
+        assert attributes.get("openinference.span.kind") == PHOENIX_KIND.get(plan.name.split()[0])
+        assert span["status"]["code"] == (2 if plan.error else 0)
+        assert (span["status"]["message"] or None) == plan.error
+        assert span["start_time_unix_nano"] == pytest.approx(start_ns + plan.start_s * 1e9, abs=2_000)
+        assert span["end_time_unix_nano"] == pytest.approx(start_ns + plan.end_s * 1e9, abs=2_000)
+
+
+def test_runs_round_trip_through_a_real_otlp_receiver(phoenix, loop_then_failure, accepted):
+    endpoint = f"{phoenix}/v1/traces"
+    started_at = time.time() - 60
+    plain = OtelRunExporter(endpoint, provider="scripted")
+    plain.export(loop_then_failure, started_at=started_at, source="batch")
+    plain.shutdown()
+    with_content = OtelRunExporter(endpoint, provider="scripted", include_content=True)
+    with_content.export(accepted, started_at=started_at + 1)
+    with_content.shutdown()
+    assert plain.failures == with_content.failures == 0
+
+    cases = [
+        (loop_then_failure, run_spans_plan(loop_then_failure, provider="scripted", source="batch"), started_at),
+        (accepted, run_spans_plan(accepted, provider="scripted", include_content=True), started_at + 1),
+    ]
+    for result, plans, start in cases:
+        spans = read_trace(phoenix, result.trajectory.id, len(plans))  # the trace id is the run id
+        check_trace_matches_plan(spans, plans, start)
+
+    spans = read_trace(phoenix, accepted.trajectory.id, 1)
+    calls = [{a["key"]: otlp_value(a["value"]) for a in s["attributes"]} for s in spans if s["name"].startswith("chat")]
+    perceive = next(c for c in calls if c["emo_r3.purpose"] == "perceive")
+    assert accepted.trajectory.images[0].sha256 in perceive["gen_ai.input.messages"]
+
+
+def test_a_bulk_export_waits_for_the_sender_instead_of_dropping_spans(phoenix, accepted, monkeypatch):
+    monkeypatch.setattr("emo_r3.graphs.traces.otel.QUEUE_SIZE", 40)  # 30 runs of 9 spans would overflow this queue
+    monkeypatch.setattr("emo_r3.graphs.traces.otel.FLUSH_AT", 20)
+    runs = [accepted.model_copy(update={"trajectory": accepted.trajectory.model_copy(update={"id": uuid.uuid4().hex})})
+            for _ in range(30)]  # fmt: skip
+    exporter = OtelRunExporter(f"{phoenix}/v1/traces")
+    for run in runs:
+        exporter.export(run)
+    exporter.shutdown()
+    assert exporter.failures == 0
+    expected = len(run_spans_plan(accepted))
+    traces = read_traces(phoenix, [run.trajectory.id for run in runs], expected)
+    assert [len(spans) for spans in traces.values()] == [expected] * len(runs)
+
+
+def test_export_stored_run_ends_when_it_was_recorded(phoenix, accepted, tmp_path):
+    with TraceStore(tmp_path / "traces.sqlite") as store:
+        run_id = store.record_run(accepted, source="eval")
+        detail = store.get_run(run_id)
+    exporter = OtelRunExporter(f"{phoenix}/v1/traces")
+    exporter.export_stored(detail)
+    exporter.shutdown()
+    plans = run_spans_plan(detail.result, source="eval")
+    spans = read_trace(phoenix, run_id, len(plans))
+    check_trace_matches_plan(spans, plans, detail.summary.created_at - plans[0].end_s)
+
+
+def test_cli_exports_a_store_and_live_runs_to_the_receiver(phoenix, tmp_path, bundled_images, tiny_config):
+    """`emo-r3 run --otlp` exports live; `emo-r3 traces export --otlp` sends what a store holds."""
+    import json
+    import sys
+
+    config = tiny_config
+    traces, emo_r3 = tmp_path / "traces.sqlite", [sys.executable, "-m", "emo_r3.graphs.cli"]
+    endpoint = f"{phoenix}/v1/traces"
+    live = subprocess.run(
+        [*emo_r3, "run", str(bundled_images["coffee"]), "--config", str(config), "--traces", str(traces),
+         "--otlp", endpoint, "--json"], capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert live.returncode == 0, live.stderr
+    run_id = json.loads(live.stdout)["trajectory"]["id"]
+    detail = TraceStore(traces, readonly=True).get_run(run_id)
+    plans = run_spans_plan(detail.result)
+    assert len(read_trace(phoenix, run_id, len(plans))) == len(plans)
+
+    bulk = subprocess.run([*emo_r3, "traces", "export", "--traces", str(traces), "--otlp", endpoint],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert bulk.returncode == 0 and "exported 1 runs as OpenTelemetry spans" in bulk.stderr
+    nobody = f"http://127.0.0.1:{free_port()}/v1/traces"
+    dead = subprocess.run([*emo_r3, "traces", "export", "--traces", str(traces), "--otlp", nobody],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert dead.returncode == 1 and "could not be sent" in dead.stderr
