@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import io
 import math
+import stat
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -67,15 +69,46 @@ def prepare_image(
 
 def _decode(data: bytes | str | Path, source: str | None, max_decode_pixels: int) -> Image.Image:
     name = source or "image bytes"
-    if not isinstance(data, bytes):
-        path = Path(data)
-        if not path.is_file():
-            raise ImageError(f"{name}: no such file")
-        data = path.read_bytes()
-    if not data:
+    if isinstance(data, bytes):
+        if not data:
+            raise ImageError(f"{name}: the file is empty (0 bytes)")
+        return _load(io.BytesIO(data), name, max_decode_pixels)
+    path = Path(data)
+    _check_file(path, name, max_file_bytes(max_decode_pixels))
+    try:
+        with path.open("rb") as handle:  # PIL reads the header first: a non-image is refused without reading it all
+            return _load(handle, name, max_decode_pixels)
+    except OSError as error:  # opened after the check: gone or unreadable meanwhile
+        raise ImageError(f"{name}: cannot be read ({error.strerror or error})") from error
+
+
+def max_file_bytes(max_decode_pixels: int) -> int:
+    """The largest file that can hold an image within the decode budget: 8 bytes a pixel (16-bit RGBA, uncompressed)
+    plus room for metadata. Anything larger is not worth reading to find out it is no image."""
+    return 8 * max_decode_pixels + (1 << 20)
+
+
+def _check_file(path: Path, name: str, limit: int) -> None:
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except OSError as error:  # a symlink loop, a permission problem, a name too long
+        raise ImageError(f"{name}: cannot be read ({error.strerror or error})") from error
+    if not stat.S_ISREG(info.st_mode):
+        raise ImageError(f"{name}: not a regular file")
+    if info.st_size == 0:
         raise ImageError(f"{name}: the file is empty (0 bytes)")
+    if info.st_size > limit:
+        raise ImageError(
+            f"{name}: {info.st_size:,} bytes, more than any image within the decode budget can take ({limit:,}); "
+            "not read"
+        )
+
+
+def _load(stream: BinaryIO, name: str, max_decode_pixels: int) -> Image.Image:
     with pil_errors(name):
-        image = Image.open(io.BytesIO(data))
+        image = Image.open(stream)
         check_decode_budget(image, name, max_decode_pixels)
         image.seek(0)  # animated images: the first frame stands for the picture
         image.load()
@@ -113,8 +146,9 @@ def check_decode_budget(image: Image.Image, name: str | None, max_decode_pixels:
 
 def _to_rgb(image: Image.Image) -> Image.Image:
     image = ImageOps.exif_transpose(image) or image
-    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
-        # 16/32-bit greyscale: rescale the actual range to 0..255 instead of clipping to white.
+    if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        # 16/32-bit integer or float greyscale: rescale the actual range to 0..255 instead of clipping (a 0..1 float
+        # image would otherwise come out black, a 16-bit one white).
         array = np.asarray(image, dtype=np.float64)
         low, high = float(array.min()), float(array.max())
         scaled = (array - low) * (255.0 / (high - low)) if high > low else np.zeros_like(array)

@@ -21,9 +21,13 @@ YES_NO = ["yes", "no"]
 
 
 class CoherenceVerdict(BaseModel, frozen=True):
+    """`implied_label`: the judge's answer as a label of the set (None when it names none); `answer`: its raw text
+    (stripped; "" in records from before it was kept), which the reward needs to tell "no answer" from a wrong one."""
+
     implied_label: str | None
     answered_label: str
     passed: bool
+    answer: str = ""
 
 
 class ConsistencyVerdict(BaseModel, frozen=True):
@@ -47,7 +51,10 @@ class Reflector(RoleAgent):
         )
         implied = parse_choice(completion.text, label_set.labels)
         verdict = CoherenceVerdict(
-            implied_label=implied, answered_label=answered_label, passed=implied == answered_label
+            implied_label=implied,
+            answered_label=answered_label,
+            passed=implied == answered_label,
+            answer=completion.text.strip(),
         )
         return verdict, self._with_parsed(call, verdict)
 

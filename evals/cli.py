@@ -13,15 +13,16 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
+from rich.table import Column, Table
 from rich.text import Text
 
-from emo_r3.graphs.cli.console import err, out, print_error
+from emo_r3.graphs.cli.console import data, err, out, print_error
 from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH
 
 if TYPE_CHECKING:
     from emo_r3.evals.items import LoadedDataset
     from emo_r3.evals.predictions import PredictionRecord
+    from emo_r3.graphs.emotion_graph import EmotionGraph
     from emo_r3.graphs.results_file import ResultsFile
     from emo_r3.prompts import LabelSet
 
@@ -61,7 +62,6 @@ def evaluate(
     if dataset is None:
         raise typer.BadParameter("--dataset KIND:PATH is required (or use `emo-r3 eval compare`)")
     from emo_r3.evals.datasets import DatasetError, load_dataset, parse_dataset_spec
-    from emo_r3.evals.runner import evaluate_graph, evaluate_paper_parity, pending_items
     from emo_r3.graphs.cli.graph_setup import load_graph, recorder
 
     try:
@@ -73,20 +73,42 @@ def evaluate(
     for problem in loaded.skipped:
         print_error(problem, label="skipped", style="yellow")
     folder = output or Path("runs") / "eval" / f"{kind}-{loaded.split or 'all'}"
-    results = _open_predictions(folder / PREDICTIONS)
-    graph = load_graph(config, None, max_rounds, recorder(traces, no_traces, "eval", None))
+    with _lock_predictions(folder) as results:  # held to the end: a second eval into this folder is refused
+        graph = load_graph(config, None, max_rounds, recorder(traces, no_traces, "eval", None))
+        _run_pending(graph, loaded, results, folder, paper_parity, concurrency=concurrency, retry_errors=retry_errors)
+        records = [results.records[item.id] for item in loaded.items if item.id in results.records]
+        if not records:
+            print_error("no item was evaluated (see the skipped inputs above)")
+            raise typer.Exit(1)
+        _finish(folder, loaded, dataset, paper_parity, graph.config.fingerprint(), records)
+
+
+def _run_pending(
+    graph: EmotionGraph,
+    loaded: LoadedDataset,
+    results: ResultsFile[PredictionRecord],
+    folder: Path,
+    paper_parity: bool,
+    *,
+    concurrency: int,
+    retry_errors: bool,
+) -> None:
+    """Every item not done yet, each prediction appended as it ends; exit 1 if one cannot be written."""
+    from emo_r3.evals.runner import evaluate_graph, evaluate_paper_parity, pending_items
+    from emo_r3.graphs.results_file import ResultsWriteError
+
     items = pending_items(loaded, results, retry_errors)
-    err.print(Text(f"{len(loaded.items)} items ({len(loaded.items) - len(items)} already done) → {folder}"))
+    err.print(data(f"{len(loaded.items)} items ({len(loaded.items) - len(items)} already done) → {folder}"))
     run = evaluate_paper_parity if paper_parity else evaluate_graph
-    with _progress(len(items)) as advance:
-        asyncio.run(run(graph, items, results, max_concurrency=concurrency, on_record=advance))
-    if graph.traces is not None:
-        graph.traces.close()
-    records = [results.records[item.id] for item in loaded.items if item.id in results.records]
-    if not records:
-        print_error("no item was evaluated (see the skipped inputs above)")
-        raise typer.Exit(1)
-    _finish(folder, loaded, dataset, paper_parity, graph.config.fingerprint(), records)
+    try:
+        with _progress(len(items)) as advance:
+            asyncio.run(run(graph, items, results, max_concurrency=concurrency, on_record=advance))
+    except ResultsWriteError as error:  # a full disk: stopped cleanly, the file cut back to its last record
+        print_error(error)
+        raise typer.Exit(1) from error
+    finally:
+        if graph.traces is not None:
+            graph.traces.close()
 
 
 def _scoring_label_set(loaded: LoadedDataset) -> LabelSet:
@@ -103,6 +125,7 @@ def _finish(
 ) -> None:
     from emo_r3.evals.metrics import compute_metrics
     from emo_r3.evals.report import write_report
+    from emo_r3.graphs.results_file import what_to_do
 
     metrics = compute_metrics(records, _scoring_label_set(loaded))
     meta = {
@@ -115,13 +138,20 @@ def _finish(
         "items": len(records),
         "skipped": loaded.skipped,
     }
-    (folder / METRICS).write_text(metrics.model_dump_json(indent=2))
-    (folder / META).write_text(json.dumps(meta, indent=2))
     title = f"EMO-R3 eval: {spec}" + (" (paper parity)" if parity else "")
-    markdown, html = write_report(metrics, records, folder, title=title, meta=meta)
+    try:
+        (folder / METRICS).write_text(metrics.model_dump_json(indent=2))
+        (folder / META).write_text(json.dumps(meta, indent=2))
+        markdown, html = write_report(metrics, records, folder, title=title, meta=meta)
+    except OSError as error:  # a full disk after the last prediction: the predictions are safe, the report is not
+        print_error(
+            f"could not write the report into {folder}: {error.strerror or error}; every prediction is kept; "
+            f"{what_to_do(error)} and run the same command again (nothing is evaluated twice)"
+        )
+        raise typer.Exit(1) from error
     scores = f"macro-F1 {metrics.macro_f1:.4f}  weighted-F1 {metrics.weighted_f1:.4f}  ({metrics.n} items)"
-    out.print(Text(f"accuracy {metrics.accuracy:.4f}  {scores}"))
-    err.print(Text(f"report: {markdown}  {html}"))
+    out.print(data(f"accuracy {metrics.accuracy:.4f}  {scores}"))
+    err.print(data(f"report: {markdown}  {html}"))
 
 
 class _progress:
@@ -139,10 +169,25 @@ class _progress:
     def advance(self, record: PredictionRecord) -> None:
         self._bar.update(self._task, advance=1)
         if record.status == "error":
-            self._bar.console.print(Text.assemble((record.id, "yellow"), f": {record.error}"))
+            self._bar.console.print(Text.assemble(data(record.id, "yellow"), data(f": {record.error}")))
 
     def __exit__(self, *exc: object) -> None:
         self._bar.__exit__(*exc)
+
+
+def _lock_predictions(folder: Path) -> ResultsFile[PredictionRecord]:
+    """The eval folder's predictions, locked for writing, or exit 2 with what to fix, before any model loads."""
+    from emo_r3.evals.predictions import PredictionRecord
+    from emo_r3.graphs.cli.output_paths import OutputPathError, check_output_file, check_output_folder
+    from emo_r3.graphs.results_file import ResultsFile, ResultsFileError
+
+    try:
+        check_output_folder(folder)
+        check_output_file(folder / PREDICTIONS)
+        return ResultsFile(folder / PREDICTIONS, PredictionRecord).lock()
+    except (OutputPathError, ResultsFileError) as error:
+        print_error(error)
+        raise typer.Exit(2) from error
 
 
 def _open_predictions(path: Path) -> ResultsFile[PredictionRecord]:
@@ -184,12 +229,12 @@ def compare(
     except ValueError as error:
         print_error(error)
         raise typer.Exit(2) from error
-    table = Table("metric", f"A {run_a.name}", f"B {run_b.name}", "B − A")
+    table = Table("metric", Column(header=data(f"A {run_a.name}")), Column(header=data(f"B {run_b.name}")), "B − A")
     for row in comparison.rows():
-        table.add_row(*map(Text, row))
+        table.add_row(*map(data, row))
     out.print(table)
-    out.print(Text(comparison.verdict))
+    out.print(data(comparison.verdict))
     if output is not None:
         meta = {"A": str(run_a), "B": str(run_b), "label_set": label_set}
         markdown, html = write_comparison(comparison, output, title=f"{run_a.name} vs {run_b.name}", meta=meta)
-        err.print(Text(f"comparison: {markdown}  {html}"))
+        err.print(data(f"comparison: {markdown}  {html}"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from contextlib import aclosing
 
 from emo_r3.agents.chat_model import ChatMessage, ChatModel, ModelCallError, SamplingParams
 from emo_r3.agents.images import ImageError, prepare_image
@@ -30,15 +31,19 @@ async def evaluate_graph(
     max_concurrency: int = 4,
     on_record: OnRecord = lambda _record: None,
 ) -> None:
-    """Each item through the whole graph; each prediction appended (fsynced) as soon as its run ends."""
+    """Each item through the whole graph; each prediction appended (fsynced) as soon as its run ends. A write error
+    (ResultsWriteError) stops the run; every prediction written before it stays."""
     by_id = {item.id: item for item in items}
     queries = [
         EmotionQuery(id=item.id, images=[item.image], text=item.text, label_set=item.label_set) for item in items
     ]
-    async for result in graph.astream_batch(queries, max_concurrency=max_concurrency):
-        record = PredictionRecord.from_result(by_id[result.query_id], result)
-        results.append(record)
-        on_record(record)
+    # aclosing: if a prediction cannot be written (ResultsWriteError), the runs still going are cancelled before
+    # the error leaves here, so the eval stops cleanly instead of running items whose results would be lost.
+    async with aclosing(graph.astream_batch(queries, max_concurrency=max_concurrency)) as stream:
+        async for result in stream:
+            record = PredictionRecord.from_result(by_id[result.query_id], result)
+            results.append(record)
+            on_record(record)
 
 
 async def evaluate_paper_parity(
@@ -60,7 +65,15 @@ async def evaluate_paper_parity(
         results.append(record)
         on_record(record)
 
-    await asyncio.gather(*(one(item) for item in items))
+    tasks = [asyncio.create_task(one(item)) for item in items]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # A write error (or a cancel) stops every other item too, and waits for them, so the eval stops cleanly.
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 async def _parity_record(item: EvalItem, model: ChatModel, sampling: SamplingParams) -> PredictionRecord:

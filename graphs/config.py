@@ -19,13 +19,22 @@ Check = Literal["coherence", "consistency"]
 
 
 def read_yaml(path: Path, what: str) -> dict:
-    """The mapping in a YAML file (empty file = {}); ConfigError naming `what` and the file otherwise."""
+    """The mapping in a YAML file (empty file = {}); ConfigError naming `what` and the file otherwise.
+
+    UTF-8, or UTF-16/UTF-8 with a byte-order mark (what Windows editors save), as YAML itself allows.
+    """
     if not path.is_file():
         raise ConfigError(f"{what} {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(path.read_bytes()) or {}
+    except yaml.reader.ReaderError as error:
+        raise ConfigError(f"{path} is not UTF-8 (or UTF-16) text: {error.reason}; save it as UTF-8") from error
     except yaml.YAMLError as error:
         raise ConfigError(f"{path} is not valid YAML: {error}") from error
+    except RecursionError as error:
+        raise ConfigError(f"{path} nests mappings or lists too deeply to be a configuration") from error
+    except OSError as error:
+        raise ConfigError(f"{what} {path} cannot be read ({error.strerror or error})") from error
     if not isinstance(data, dict):
         raise ConfigError(f"{path} must hold a mapping of settings, not a {type(data).__name__}")
     return data

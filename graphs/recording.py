@@ -18,8 +18,9 @@ class RunRecorder(Protocol):
         query: EmotionQuery,
         images: Sequence[PreparedImage],
         config_hash: str | None = None,
-    ) -> None:
-        """Keep one finished run; must not raise for a run it cannot keep (the answer matters more than its trace)."""
+    ) -> str | None:
+        """Keep one finished run and return its id, or None when it could not be kept: must not raise for that (the
+        answer matters more than its trace)."""
         ...
 
     def close(self) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, Field, model_validator
@@ -37,25 +38,44 @@ class LabelSet(BaseModel, frozen=True):
         return self
 
     def normalize(self, text: str | None) -> str | None:
-        """Map a model's free-text label ("Sad.", "Amused", "contentment!") to a label of this set, or None."""
+        """Map a model's free-text label ("Sad.", "Amused", "contentment!") to a label of this set, or None.
+
+        The label itself first, exactly (ignoring case and surrounding whitespace), so no label can stand for
+        another (`level2` is never `level`); then the text with punctuation and LaTeX wrappers dropped (letters of
+        any script and digits kept); then simple inflections and the set's synonyms.
+        """
         if not text:
             return None
+        exact = text.strip().lower()
+        if exact in self.labels:
+            return exact
         key = _canonical(text)
         if not key:
             return None
+        by_key = _label_keys(self.labels)
         for candidate in _variants(key):
-            if candidate in self.labels:
-                return candidate
+            if candidate in by_key:
+                return by_key[candidate]
             if candidate in self.synonyms:
                 return self.synonyms[candidate]
         return None
 
 
 def _canonical(text: str) -> str:
-    # Drop LaTeX wrappers (\text{..}), punctuation and quotes; keep letters, spaces and hyphens.
+    """Lower-case words of any script and digits, single-spaced: LaTeX wrappers (\\text{..}), punctuation, quotes
+    and underscores dropped, hyphens kept."""
     text = re.sub(r"\\[a-zA-Z]+\s*\{([^{}]*)\}", r"\1", text)
-    text = re.sub(r"[^a-zA-Z\s-]", " ", text).lower()
+    text = re.sub(r"[^\w\s-]|_", " ", text).lower()
     return " ".join(text.split())
+
+
+@lru_cache(maxsize=256)
+def _label_keys(labels: tuple[str, ...]) -> dict[str, str]:
+    """Each label's canonical key -> the label; a key two labels share stands for neither (no guessing)."""
+    keys: dict[str, list[str]] = {}
+    for label in labels:
+        keys.setdefault(_canonical(label), []).append(label)
+    return {key: found[0] for key, found in keys.items() if key and len(found) == 1}
 
 
 def _variants(key: str) -> list[str]:

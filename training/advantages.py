@@ -108,23 +108,26 @@ def role_advantages(
     estimator: str = "grpo",
     streams: dict[str, str] | None = None,
 ) -> list[dict[str, float]]:
-    """A[traj][role] from R[traj][role]: one estimator call over every (trajectory, reward stream).
+    """A[traj][role] = estimator(R[·][stream(role)], prompts)[traj]: one estimator call per reward stream.
 
     Roles in one stream share one reward per trajectory (e.g. perceiver and reasoner share the trajectory reward)
-    and count ONCE in its group, so a group's statistics are those of its trajectories; a role with a reward of
-    its own (the reflector) is normalised only against its own kind. Groups are (prompt, stream). `streams` maps
-    role -> stream name; default: each role its own stream.
+    and count ONCE in its group, so a group's statistics are those of its trajectories. Each stream is estimated
+    on its own: its groups are its prompts, and a batch-level statistic (REINFORCE++-baseline's whitening std) is
+    taken over that stream's rewards only, so a role with a reward of its own (the reflector) is normalised only
+    against its own kind and never moves another stream's advantages. `streams` maps role -> stream name;
+    default: each role its own stream.
     """
     if len(rewards) != len(prompts):
         raise ValueError(f"{len(rewards)} reward sets but {len(prompts)} prompts")
     stream_of = {role: (streams or {}).get(role, role) for per_role in rewards for role in per_role}
-    pairs: dict[tuple[int, str], float] = {}
+    by_stream: dict[str, dict[int, float]] = {}
     for t, per_role in enumerate(rewards):
         for role, reward in per_role.items():
-            shared = pairs.setdefault((t, stream_of[role]), reward)
+            shared = by_stream.setdefault(stream_of[role], {}).setdefault(t, reward)
             if shared != reward:
                 raise ValueError(f"roles of stream {stream_of[role]!r} got different rewards in trajectory {t}")
-    keys = group_keys([prompts[t] for t, _ in pairs], [stream for _, stream in pairs])
-    flat = ESTIMATORS[estimator](list(pairs.values()), keys) if pairs else np.zeros(0)
-    by_pair = dict(zip(pairs, flat, strict=True))
-    return [{role: float(by_pair[(t, stream_of[role])]) for role in per_role} for t, per_role in enumerate(rewards)]
+    by_pair: dict[tuple[int, str], float] = {}
+    for stream, per_traj in by_stream.items():
+        flat = ESTIMATORS[estimator](list(per_traj.values()), [prompts[t] for t in per_traj])
+        by_pair.update({(t, stream): float(a) for t, a in zip(per_traj, flat, strict=True)})
+    return [{role: by_pair[(t, stream_of[role])] for role in per_role} for t, per_role in enumerate(rewards)]

@@ -1,41 +1,61 @@
 """Checkpoints for exact resume: trained weights, optimizer state, RNG states and the step (= data position).
 
+A checkpoint folder holds only data, never pickled code: each policy's trained tensors and the torch RNG states as
+safetensors, the optimizer state loaded with `weights_only=True` (tensors and numbers only), and the step, Python
+and NumPy RNG states and run settings as JSON. A crafted checkpoint can therefore fail to load, but cannot run code.
+
 A checkpoint is written into a temporary folder and renamed into place, and `latest` is replaced atomically after
 it, so a process killed at any moment leaves the previous checkpoint intact.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import random
+import re
 import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
 
 LATEST = "latest"
+STATE, OPTIMIZER, RNG = "state.json", "optimizer.pt", "rng.safetensors"
+_STEP_FOLDER = re.compile(r"step-(\d+)")
 
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read back; the message names the folder."""
 
 
-def rng_state() -> dict[str, Any]:
-    state: dict[str, Any] = {"python": random.getstate(), "numpy": np.random.get_state()}
-    state["torch"] = torch.get_rng_state()
+def rng_state() -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The Python and NumPy generators' states as JSON values, and torch's (CPU, every CUDA device) as tensors."""
+    version, internal, gauss = random.getstate()
+    name, keys, position, has_gauss, cached = np.random.get_state()
+    plain = {
+        "python": [version, list(internal), gauss],
+        "numpy": [name, keys.tolist(), position, has_gauss, cached],
+    }
+    tensors = {"torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
+        tensors |= {f"cuda.{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
+    return plain, tensors
 
 
-def set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def set_rng_state(plain: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    version, internal, gauss = plain["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, position, has_gauss, cached = plain["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), position, has_gauss, cached))
+    torch.set_rng_state(tensors["torch"])
+    cuda = [tensors[f"cuda.{i}"] for i in range(sum(name.startswith("cuda.") for name in tensors))]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def save_checkpoint(
@@ -47,23 +67,38 @@ def save_checkpoint(
     extra: dict[str, Any],
     keep: int = 2,
 ) -> Path:
-    """Write `root/step-<step>` (policies.pt, optimizer.pt, state.pt), point `root/latest` at it, prune old ones."""
+    """Write `root/step-<step>`, point `root/latest` at it, prune all but the newest `keep` (never this one)."""
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"step-{step:08d}"
     partial = root / f".partial-{final.name}"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
-    torch.save(policies, partial / "policies.pt")
-    torch.save(optimizer, partial / "optimizer.pt")
-    torch.save({"step": step, "rng": rng_state(), **extra}, partial / "state.pt")
+    for index, tensors in enumerate(policies.values()):
+        save_file({k: v.detach().contiguous() for k, v in tensors.items()}, partial / f"policy-{index}.safetensors")
+    torch.save(optimizer, partial / OPTIMIZER)
+    plain_rng, rng_tensors = rng_state()
+    save_file(rng_tensors, partial / RNG)
+    state = {"step": step, "policies": list(policies), "rng": plain_rng, **extra}
+    (partial / STATE).write_text(json.dumps(state))
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
     pointer = root / f".{LATEST}.tmp"
     pointer.write_text(final.name)
     os.replace(pointer, root / LATEST)
-    for old in sorted(root.glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    _prune(root, final, keep)
     return final
+
+
+def _prune(root: Path, written: Path, keep: int) -> None:
+    """Delete the older checkpoints beyond `keep`, by step; the one just written always stays."""
+    others = sorted((p for p in root.glob("step-*") if p != written), key=_step_of)
+    for old in others[: max(0, len(others) - (keep - 1))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _step_of(folder: Path) -> int:
+    match = _STEP_FOLDER.fullmatch(folder.name)
+    return int(match[1]) if match else -1
 
 
 def latest_checkpoint(root: Path) -> Path | None:
@@ -77,11 +112,24 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def load_checkpoint(folder: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
-    """{'policies', 'optimizer', 'state'} of one checkpoint folder."""
+    """{'policies', 'optimizer', 'state', 'rng'} of one checkpoint folder; only data is read, never code."""
     try:
-        return {
-            name: torch.load(folder / f"{name}.pt", map_location=device, weights_only=False)
-            for name in ("policies", "optimizer", "state")
+        state = json.loads((folder / STATE).read_text())
+        policies = {
+            name: load_file(folder / f"policy-{index}.safetensors", device=str(device))
+            for index, name in enumerate(state["policies"])
         }
-    except (OSError, RuntimeError, EOFError) as error:
-        raise CheckpointError(f"checkpoint {folder} cannot be read: {error}") from error
+        optimizer = torch.load(folder / OPTIMIZER, map_location=device, weights_only=True)
+        rng = load_file(folder / RNG)
+    except (
+        OSError,
+        RuntimeError,
+        EOFError,
+        ValueError,
+        KeyError,
+        TypeError,
+        pickle.UnpicklingError,
+        SafetensorError,
+    ) as error:
+        raise CheckpointError(f"checkpoint {folder} cannot be read: {type(error).__name__}: {error}") from error
+    return {"policies": policies, "optimizer": optimizer, "state": state, "rng": rng}

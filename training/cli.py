@@ -10,10 +10,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.text import Text
 
 from emo_r3.agents.model_specs import ConfigError
-from emo_r3.graphs.cli.console import err, print_error
+from emo_r3.graphs.cli.console import data, err, print_error
 
 if TYPE_CHECKING:
     from emo_r3.training.config import TrainConfig
@@ -53,13 +52,14 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from emo_r3.agents.backends.vllm.adapters import AdapterSyncError
     from emo_r3.agents.offline_models import OfflineModelError
     from emo_r3.evals.datasets import DatasetError
+    from emo_r3.graphs.traces.store import TraceStoreError
     from emo_r3.training.checkpoint import CheckpointError
     from emo_r3.training.local_trainer import TrainingError
     from emo_r3.training.rows import RowError
 
     return (
         ConfigError, DatasetError, ModelLoadError, OfflineModelError, CheckpointError, TrainingError, RowError,
-        AdapterSyncError,
+        AdapterSyncError, TraceStoreError,
     )  # fmt: skip
 
 
@@ -68,7 +68,7 @@ def _run(cfg: TrainConfig, progress: bool) -> None:
 
     trainer = LocalTrainer(cfg)
     if trainer.step:
-        err.print(Text(f"resuming {cfg.run_dir} at step {trainer.step}"))
+        err.print(data(f"resuming {cfg.run_dir} at step {trainer.step}"))
     columns = (
         TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("reward {task.fields[reward]:.3f}  loss {task.fields[loss]:+.4f}"),
@@ -80,7 +80,7 @@ def _run(cfg: TrainConfig, progress: bool) -> None:
             reward, loss = metrics["reward/mean"], metrics.get("loss", 0.0)
             bar.update(task, completed=step, reward=reward, loss=loss)
             if not progress:
-                err.print(Text(f"step {step}: reward {reward:.4f} loss {loss:+.5f}"))
+                err.print(data(f"step {step}: reward {reward:.4f} loss {loss:+.5f}"))
 
         trainer.train(on_step=advance)
-    err.print(Text(f"done: {cfg.run_dir} (checkpoints, traces.sqlite, tensorboard/)"))
+    err.print(data(f"done: {cfg.run_dir} (checkpoints, traces.sqlite, tensorboard/)"))

@@ -106,7 +106,7 @@ class LocalTrainer:
                 f"{folder} was written by another policy setup ({error}); train with the config it was made with, "
                 "or give this config a new run_dir"
             ) from error
-        set_rng_state(saved["state"]["rng"])
+        set_rng_state(saved["state"]["rng"], saved["rng"])
         self.step = int(saved["state"]["step"])
         logger.info("resumed %s at step %d from %s", self.run_dir, self.step, folder)
 

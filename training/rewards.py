@@ -6,6 +6,11 @@ Choices:
 * The RER's coherence and consistency terms are read from the trajectory's FIRST round's reflection: EMO-R3 scores
   the policy's own answer, before the reflector's feedback loop could change it. Accuracy and format are read from
   the FINAL reasoning, the answer the graph returns.
+* Accuracy (and the correction gain/harm, and the `own_answer` coherence target) read the reasoner's OWN answer,
+  its \\boxed{} label (`answer_label`): a reasoning without a usable box scores 0, whatever the graph's closed-set
+  fallback picked. The fallback is the graph's output, never a reward source: paying it would pay a policy for
+  skipping the box. `RERWeights.label_match` says how the box is matched: `normalized` (onto the label set, so
+  `\\boxed{grief}` is sadness) or `exact` (the lower-cased, stripped boxed text, as the paper's code).
 * A missing verdict (check disabled, or the run ended before it) scores 0.5, like a failed extraction: no evidence.
 * A trajectory without any reasoning (run error) scores 0 on every term.
 
@@ -18,6 +23,7 @@ Reference-code bugs fixed here (the EMO-R3 reward function):
 from __future__ import annotations
 
 import importlib
+import string
 from collections.abc import Callable
 from typing import Literal
 
@@ -26,10 +32,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from emo_r3.agents.call_record import Role
 from emo_r3.agents.model_specs import ConfigError
 from emo_r3.agents.parsing import SETToken, parse_set, set_tokens
+from emo_r3.agents.reasoner import Reasoning
 from emo_r3.graphs.trajectory import Reflection, Trajectory
 from emo_r3.prompts import LabelSet, get_label_set
 
 NO_EVIDENCE = 0.5
+
+LabelMatch = Literal["normalized", "exact"]
 
 
 class RERWeights(BaseModel, frozen=True):
@@ -40,6 +49,9 @@ class RERWeights(BaseModel, frozen=True):
     consistency: float = 0.1
     format: float = 0.1
     coherence_target: Literal["ground_truth", "own_answer"] = "ground_truth"
+    # How the reasoner's \boxed{} answer is matched to the gold label: `normalized` = its label-set normalisation
+    # (synonyms count: grief -> sadness); `exact` = the lower-cased, stripped boxed text (the paper's code).
+    label_match: LabelMatch = "normalized"
     multiplicative: bool = False
     multiplicative_scale: float = 0.9
 
@@ -71,17 +83,30 @@ def _norm(label: str | None) -> str | None:
     return None if label is None else label.strip().lower()
 
 
+def _is_empty_answer(answer: str) -> bool:
+    return answer.strip(string.punctuation + string.whitespace).lower() in ("", "none")
+
+
 def accuracy_score(label: str | None, gold: str) -> float:
-    """acc = 1[lower(label) == lower(gold)] (exact match)."""
+    """acc = 1[lower(strip(label)) == lower(strip(gold))]; 0 for no label.
+
+    The comparison is exact, but `label` is what the caller read: the RER passes `answer_label`, the reasoner's
+    boxed answer normalised onto the label set or raw (`label_match`), never the closed-set fallback.
+    """
     return float(label is not None and _norm(label) == _norm(gold))
 
 
-def coherence_score(implied: str | None, target: str | None) -> float:
-    """coh = 1 if implied == target, 0.5 if extraction failed (None/empty/"none"), else 0."""
+def coherence_score(implied: str | None, target: str | None, answer: str = "") -> float:
+    """coh = 1 if implied == target, 0.5 if the judge's answer is empty or "none" (no evidence), else 0.
+
+    `implied` is the judge's answer read as a label of the set (None when it names none); `answer` its raw text.
+    As in the paper's code, an answer that is not a label (possible with a backend that ignores `choices`) is
+    wrong, not missing evidence. Records from before `answer` was kept pass "" and read as no evidence.
+    """
     implied = _norm(implied)
-    if not implied or implied == "none":
-        return NO_EVIDENCE
-    return float(target is not None and implied == _norm(target))
+    if implied and implied != "none":
+        return float(target is not None and implied == _norm(target))
+    return NO_EVIDENCE if _is_empty_answer(answer) else 0.0
 
 
 def consistency_score(answer: str | None) -> float:
@@ -95,16 +120,29 @@ def format_score(format_ok: bool) -> float:
     return float(format_ok)
 
 
-def first_label(trajectory: Trajectory) -> str | None:
-    return trajectory.reasonings[0].label if trajectory.reasonings else None
+def answer_label(reasoning: Reasoning, match: LabelMatch = "normalized") -> str | None:
+    """The reasoner's own answer: its boxed label (normalised onto the set, or the raw lower-cased boxed text when
+    `exact`); None when it wrote no usable box, i.e. when the graph's label came from the closed-set fallback."""
+    if match == "exact":
+        return _norm(reasoning.boxed) or None
+    return reasoning.label if reasoning.label_source == "boxed" else None
 
 
-def final_label(trajectory: Trajectory) -> str | None:
-    return trajectory.reasonings[-1].label if trajectory.reasonings else None
+def first_label(trajectory: Trajectory, match: LabelMatch = "normalized") -> str | None:
+    """The reasoner's own answer in the first round (`answer_label`)."""
+    return answer_label(trajectory.reasonings[0], match) if trajectory.reasonings else None
+
+
+def final_label(trajectory: Trajectory, match: LabelMatch = "normalized") -> str | None:
+    """The reasoner's own answer in the last round (`answer_label`)."""
+    return answer_label(trajectory.reasonings[-1], match) if trajectory.reasonings else None
 
 
 def round_label(trajectory: Trajectory, reflection: Reflection) -> str | None:
-    """The label the reflection judged: the coherence verdict's answered label, else that round's reasoning."""
+    """The label the reflection judged: the coherence verdict's answered label, else that round's reasoning.
+
+    The graph's label, fallback included: the reflector is credited on the label it saw, not on the policy's box.
+    """
     if reflection.coherence is not None:
         return reflection.coherence.answered_label
     if 0 <= reflection.round < len(trajectory.reasonings):
@@ -113,18 +151,18 @@ def round_label(trajectory: Trajectory, reflection: Reflection) -> str | None:
 
 
 def rer(trajectory: Trajectory, gold: str, weights: RERWeights | None = None) -> RewardBreakdown:
-    """R = w_acc·acc + w_coh·coh + w_con·con + w_fmt·fmt on the first round's reflection and the final label."""
+    """R = w_acc·acc + w_coh·coh + w_con·con + w_fmt·fmt on the first round's reflection and the final own answer."""
     w = weights or RERWeights()
     if not trajectory.reasonings:
         return RewardBreakdown(terms=dict.fromkeys(("accuracy", "coherence", "consistency", "format"), 0.0), total=0.0)
     first = trajectory.reflections[0] if trajectory.reflections else None
     coh_verdict = first.coherence if first else None
     con_verdict = first.consistency if first else None
-    own = coh_verdict.answered_label if coh_verdict else first_label(trajectory)
-    target = gold if w.coherence_target == "ground_truth" else own
+    target = gold if w.coherence_target == "ground_truth" else first_label(trajectory, w.label_match)
+    coherence = coherence_score(coh_verdict.implied_label, target, coh_verdict.answer) if coh_verdict else NO_EVIDENCE
     terms = {
-        "accuracy": accuracy_score(final_label(trajectory), gold),
-        "coherence": coherence_score(coh_verdict.implied_label, target) if coh_verdict else NO_EVIDENCE,
+        "accuracy": accuracy_score(final_label(trajectory, w.label_match), gold),
+        "coherence": coherence,
         "consistency": consistency_score(con_verdict.answer) if con_verdict else NO_EVIDENCE,
         "format": format_score(trajectory.reasonings[-1].format_ok),
     }
@@ -136,11 +174,16 @@ def rer(trajectory: Trajectory, gold: str, weights: RERWeights | None = None) ->
     return RewardBreakdown(terms=terms, total=total)
 
 
-def graph_terms(trajectory: Trajectory, gold: str, weights: GraphTermWeights | None = None) -> RewardBreakdown:
-    """R_graph = g·[first ✗ → final ✓] − h·[first ✓ → final ✗] − c·corrections."""
+def graph_terms(
+    trajectory: Trajectory,
+    gold: str,
+    weights: GraphTermWeights | None = None,
+    label_match: LabelMatch = "normalized",
+) -> RewardBreakdown:
+    """R_graph = g·[first ✗ → final ✓] − h·[first ✓ → final ✗] − c·corrections, on the reasoner's own answers."""
     w = weights or GraphTermWeights()
-    first_ok = accuracy_score(first_label(trajectory), gold)
-    final_ok = accuracy_score(final_label(trajectory), gold)
+    first_ok = accuracy_score(first_label(trajectory, label_match), gold)
+    final_ok = accuracy_score(final_label(trajectory, label_match), gold)
     terms = {
         "correction_gain": w.gain * (1.0 - first_ok) * final_ok,
         "correction_harm": -w.harm * first_ok * (1.0 - final_ok),
@@ -156,7 +199,8 @@ def trajectory_reward(
     graph_weights: GraphTermWeights | None = None,
 ) -> RewardBreakdown:
     """R = RER + R_graph."""
-    base, graph = rer(trajectory, gold, weights), graph_terms(trajectory, gold, graph_weights)
+    match = (weights or RERWeights()).label_match
+    base, graph = rer(trajectory, gold, weights), graph_terms(trajectory, gold, graph_weights, match)
     return RewardBreakdown(terms={**base.terms, **graph.terms}, total=base.total + graph.total)
 
 

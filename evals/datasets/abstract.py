@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from emo_r3.evals.datasets.files import iter_images, relative_id
-from emo_r3.evals.datasets.reading import DatasetError, Read, is_number
+from emo_r3.evals.datasets.reading import DatasetError, Read, is_number, read_text
 from emo_r3.evals.items import EvalItem
 from emo_r3.prompts.label_sets import MIKELS_8
 
@@ -69,8 +70,7 @@ def _locate(path: Path) -> tuple[Path, Path]:
 
 def _read_rows(csv_file: Path) -> list[list[str]]:
     """CSV rows with quotes (single or double) and padding stripped from every cell."""
-    with csv_file.open(newline="", encoding="utf-8-sig") as handle:
-        rows = list(csv.reader(handle, skipinitialspace=True))
+    rows = list(csv.reader(io.StringIO(read_text(csv_file), newline=""), skipinitialspace=True))
     return [[cell.strip().strip("'\"").strip() for cell in row] for row in rows]
 
 

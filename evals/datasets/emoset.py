@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from emo_r3.evals.datasets.reading import DatasetError, Read
+from emo_r3.evals.datasets.reading import DatasetError, Read, parse_json, read_text
 from emo_r3.evals.items import EvalItem
 from emo_r3.prompts.label_sets import MIKELS_8
 
@@ -108,8 +107,8 @@ def _add_attributes(item: EvalItem, annotation: Path | None) -> None:
     if annotation is None:
         return
     try:
-        data = json.loads(annotation.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = parse_json(annotation.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # unreadable, not UTF-8, not JSON, or nested too deeply
         return
     if isinstance(data, dict):
         item.extra.update({key: data[key] for key in ATTRIBUTES if key in data})
@@ -117,6 +116,6 @@ def _add_attributes(item: EvalItem, annotation: Path | None) -> None:
 
 def _load_json(path: Path) -> Any:
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
+        return parse_json(read_text(path))
+    except ValueError as error:
         raise DatasetError(f"{path}: cannot read JSON ({error})") from error

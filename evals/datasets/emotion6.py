@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from emo_r3.evals.datasets.files import iter_images, relative_id
-from emo_r3.evals.datasets.reading import DatasetError, Read, is_number
+from emo_r3.evals.datasets.reading import DatasetError, Read, is_number, read_text
 from emo_r3.evals.items import EvalItem
 from emo_r3.prompts.label_sets import EKMAN_7
 
@@ -28,7 +28,7 @@ def read_emotion6(path: Path, split: str | None) -> Read:
     items: list[EvalItem] = []
     skipped: list[str] = []
     listed: set[Path] = set()
-    for number, line in enumerate(truth.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(read_text(truth).splitlines(), start=1):
         where = f"{truth.name}:{number}"
         cells = [cell.strip() for cell in line.split("\t")]
         if len(cells) < _COLUMNS:

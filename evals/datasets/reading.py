@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 from emo_r3.evals.items import EvalItem
 
@@ -34,3 +37,24 @@ def is_number(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def read_text(path: Path) -> str:
+    """A dataset's text file (UTF-8, a byte-order mark allowed), or a DatasetError naming it and what to do."""
+    try:
+        return path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise DatasetError(
+            f"{path} is not UTF-8 text (byte {error.start}: {error.reason}); convert it, e.g. "
+            f"`iconv -f latin1 -t utf-8 {path.name}`"
+        ) from error
+    except OSError as error:
+        raise DatasetError(f"{path} cannot be read ({error.strerror or error})") from error
+
+
+def parse_json(text: str) -> Any:
+    """`json.loads`, with nesting deeper than Python's parser goes reported as the ValueError of invalid JSON."""
+    try:
+        return json.loads(text)
+    except RecursionError as error:
+        raise ValueError("JSON nested too deeply to read") from error

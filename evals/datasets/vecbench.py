@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from emo_r3.evals.datasets.reading import DatasetError, Read
+from emo_r3.evals.datasets.reading import DatasetError, Read, parse_json, read_text
 from emo_r3.evals.items import EvalItem
 from emo_r3.prompts.label_sets import BUILTIN_LABEL_SETS, LabelSet, UnknownLabelSetError, get_label_set
 
@@ -49,12 +48,12 @@ def _files(path: Path) -> list[Path]:
 
 
 def _read_file(file: Path, prefix: str, items: list[EvalItem], skipped: list[str]) -> None:
-    for number, line in enumerate(file.read_text(encoding="utf-8-sig").splitlines(), start=1):
+    for number, line in enumerate(read_text(file).splitlines(), start=1):
         if not line.strip():
             continue
         where = f"{file.name}:{number}"
         try:
-            record = json.loads(line)
+            record = parse_json(line)
         except ValueError as error:
             skipped.append(f"{where}: not valid JSON ({error.args[0] if error.args else error})")
             continue

@@ -10,11 +10,13 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from emo_r3.graphs.batch import BatchInputError, BatchRecord, read_batch_items, run_batch
+from emo_r3.graphs.batch import BatchInputError, BatchItem, BatchRecord, BatchSummary, read_batch_items, run_batch
 from emo_r3.graphs.cli import options
-from emo_r3.graphs.cli.console import err, print_error
+from emo_r3.graphs.cli.console import data, err, print_error, shown
 from emo_r3.graphs.cli.graph_setup import load_graph, recorder
-from emo_r3.graphs.results_file import ResultsFile, ResultsFileError
+from emo_r3.graphs.cli.output_paths import OutputPathError, check_output_file
+from emo_r3.graphs.emotion_graph import EmotionGraph
+from emo_r3.graphs.results_file import ResultsFile, ResultsFileError, ResultsWriteError
 from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH
 
 batch_app = typer.Typer(add_completion=False)
@@ -35,13 +37,53 @@ def batch(
     otlp: options.Otlp = None,
 ) -> None:
     """Run many queries; re-running the same command resumes where it stopped (finished ids are skipped)."""
+    items, results = _open_inputs(source, results_path)
+    with results:  # held until the end: a second `batch` on the same --out is refused, not run twice
+        recording = recorder(traces, no_traces, "batch", otlp)
+        graph = load_graph(config, label_set, max_rounds, recording)
+        try:
+            summary = _run_with_progress(
+                graph,
+                items,
+                results,
+                concurrency=concurrency,
+                retry_errors=retry_errors,
+                with_trajectory=with_trajectory,
+            )
+        except ResultsWriteError as error:  # a full disk: stopped cleanly, the file cut back to its last record
+            print_error(error)
+            raise typer.Exit(1) from error
+        finally:
+            if recording is not None:
+                recording.close()
+    duplicates = f", {summary.duplicates} duplicate ids ignored" if summary.duplicates else ""
+    done = f"{summary.ok} ok, {summary.errors} errors, {summary.skipped} already done{duplicates}"
+    err.print(data(f"{done} → {results_path}"))
+    if recording is not None and recording.failures:
+        message = f"{recording.failures} runs were not recorded in the trace store: {recording.last_error}"
+        print_error(message, label="warning", style="yellow")
+
+
+def _open_inputs(source: Path, results_path: Path) -> tuple[list[BatchItem], ResultsFile[BatchRecord]]:
+    """The items and the locked results file, or exit 2 with what to fix, before any model is loaded."""
     try:
+        check_output_file(results_path)
         items = list(read_batch_items(source))
-        results = ResultsFile(results_path, BatchRecord)
-    except (BatchInputError, ResultsFileError) as error:
+        return items, ResultsFile(results_path, BatchRecord).lock()
+    except (OutputPathError, BatchInputError, ResultsFileError) as error:
         print_error(error)
         raise typer.Exit(2) from error
-    graph = load_graph(config, label_set, max_rounds, recorder(traces, no_traces, "batch", otlp))
+
+
+def _run_with_progress(
+    graph: EmotionGraph,
+    items: list[BatchItem],
+    results: ResultsFile[BatchRecord],
+    *,
+    concurrency: int,
+    retry_errors: bool,
+    with_trajectory: bool,
+) -> BatchSummary:
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -54,23 +96,10 @@ def batch(
         progress.update(task, advance=sum(results.done(i.id, retry_errors=retry_errors) for i in items))
 
         def on_record(record: BatchRecord) -> None:
-            progress.update(task, advance=1, status=f"last: {record.id} → {record.label or record.status}")
+            progress.update(task, advance=1, status=shown(f"last: {record.id} → {record.label or record.status}"))
             if record.status == "error":
-                progress.console.print(Text.assemble((record.id, "yellow"), f": {record.error}"))
+                progress.console.print(Text.assemble(data(record.id, "yellow"), data(f": {record.error}")))
 
-        summary = asyncio.run(
-            run_batch(
-                graph,
-                items,
-                results,
-                max_concurrency=concurrency,
-                retry_errors=retry_errors,
-                with_trajectory=with_trajectory,
-                on_record=on_record,
-            )
-        )
-    if graph.traces is not None:
-        graph.traces.close()
-    duplicates = f", {summary.duplicates} duplicate ids ignored" if summary.duplicates else ""
-    done = f"{summary.ok} ok, {summary.errors} errors, {summary.skipped} already done{duplicates}"
-    err.print(Text(f"{done} → {results_path}"))
+        run = run_batch(graph, items, results, max_concurrency=concurrency, retry_errors=retry_errors,
+                        with_trajectory=with_trajectory, on_record=on_record)  # fmt: skip
+        return asyncio.run(run)

@@ -8,6 +8,7 @@ training) register under the `emo_r3.commands` entry-point group, so graphs neve
 from __future__ import annotations
 
 import importlib
+import signal
 from dataclasses import dataclass
 from importlib.metadata import entry_points, version
 from typing import Annotated, Any
@@ -110,6 +111,9 @@ def root(
 
 
 def main() -> None:
+    # Under a file-size limit (`ulimit -f`) the kernel would kill the process mid-write; with the signal ignored the
+    # write fails with EFBIG instead, and the command stops cleanly, keeping every result it finished.
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
     app(prog_name="emo-r3")
 
 

@@ -6,9 +6,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.text import Text
 
-from emo_r3.graphs.cli.console import err, out
+from emo_r3.graphs.cli.console import data, err, out
 
 models_app = typer.Typer(help="Build the offline models (no network needed).", no_args_is_help=True)
 
@@ -20,7 +19,7 @@ def _build(kinds: tuple[str, ...], directory: Path) -> None:
 
     for kind in kinds:
         with err.status(f"building {kind}"):
-            out.print(Text(f"{kind}: {ensure_model(kind, directory)}"))
+            out.print(data(f"{kind}: {ensure_model(kind, directory)}"))
 
 
 @models_app.command("make-tiny")

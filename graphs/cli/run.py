@@ -10,7 +10,7 @@ import typer
 from rich.text import Text
 
 from emo_r3.graphs.cli import options
-from emo_r3.graphs.cli.console import err, out, print_error
+from emo_r3.graphs.cli.console import data, err, out, print_error
 from emo_r3.graphs.cli.graph_setup import load_graph, recorder
 from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH
 from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
@@ -31,21 +31,25 @@ def run(
     otlp: options.Otlp = None,
 ) -> None:
     """Recognise the emotion one image evokes, and show how the graph got there."""
-    graph = load_graph(config, label_set, max_rounds, recorder(traces, no_traces, "run", otlp))
     try:
         query = EmotionQuery(images=list(images), text=text)
     except ValueError as error:
         print_error(error)
         raise typer.Exit(2) from error
+    recording = recorder(traces, no_traces, "run", otlp)
+    graph = load_graph(config, label_set, max_rounds, recording)
     result = graph.run(query)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
         print_result(result)
-    if graph.traces is not None:
-        graph.traces.close()
-        if not no_traces and result.trajectory is not None:
-            err.print(Text(f"trace: emo-r3 traces show {result.trajectory.id[:12]} --traces {traces}"))
+    if recording is not None:
+        recording.close()
+        if recording.store is not None and result.trajectory is not None:
+            if recording.failures:
+                print_error(f"the trace was not recorded: {recording.last_error}", label="warning", style="yellow")
+            else:
+                err.print(data(f"trace: emo-r3 traces show {result.trajectory.id[:12]} --traces {traces}"))
     if not result.ok:
         raise typer.Exit(1)
 
@@ -53,7 +57,7 @@ def run(
 def print_result(result: EmotionResult) -> None:
     """The answer as a person reads it: label, affect, rationale, the reflector's verdicts and the path."""
     if result.label is None:
-        err.print(Text.assemble(("failed", "red"), f" ({result.termination}): {result.error}"))
+        err.print(Text.assemble(("failed", "red"), data(f" ({result.termination}): {result.error}")))
         return
     field = _field
     out.print(field("emotion", f"{result.label}  ({result.label_set})"))
@@ -76,4 +80,4 @@ def print_result(result: EmotionResult) -> None:
 
 def _field(name: str, value: str, style: str = "bold") -> Text:
     """One `name  value` line; the value is data, printed as it is (never read as markup)."""
-    return Text.assemble((f"{name:<10}", style), " ", value)
+    return Text.assemble((f"{name:<10}", style), " ", data(value))

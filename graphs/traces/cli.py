@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-import difflib
 import sys
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any, TextIO, TypeVar
 
 import typer
-from rich.table import Table
 from rich.text import Text
-from rich.tree import Tree
 
-from emo_r3.agents.call_record import LLMCall
-from emo_r3.graphs.cli.console import err, out, print_error
+from emo_r3.graphs.cli.console import data, err, out, print_error
+from emo_r3.graphs.cli.output_paths import OutputPathError, check_output_file
 from emo_r3.graphs.traces.records import RunDetail, RunFilter
 from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH, TraceStore, TraceStoreError
+from emo_r3.graphs.traces.terminal_views import run_diff, run_tree, runs_table
 
 if TYPE_CHECKING:  # the OpenTelemetry packages are optional; import them only when exporting
     from emo_r3.graphs.traces.otel import OtelRunExporter
@@ -24,6 +23,10 @@ if TYPE_CHECKING:  # the OpenTelemetry packages are optional; import them only w
 traces_app = typer.Typer(
     help="Inspect recorded runs: why did the graph answer this?", no_args_is_help=True, add_completion=False
 )
+
+T = TypeVar("T")
+MAX_LIST = 100_000  # rows one `traces list` prints; page with --offset beyond
+MAX_OFFSET = 10**15  # SQLite's OFFSET is a 64-bit integer; far past any store
 
 StoreOption = Annotated[Path, typer.Option("--traces", help="the trace store (SQLite file)")]
 
@@ -38,9 +41,18 @@ def _open(path: Path) -> TraceStore:
 
 def _load(store: TraceStore, run_id: str) -> RunDetail:
     try:
-        return store.get_run(run_id)
+        return _read(store.get_run, run_id)
     except KeyError as error:
         print_error(error.args[0])
+        raise typer.Exit(2) from error
+
+
+def _read(method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """A store read; a store found damaged while reading ends the command with its message, not a traceback."""
+    try:
+        return method(*args, **kwargs)
+    except TraceStoreError as error:
+        print_error(error)
         raise typer.Exit(2) from error
 
 
@@ -56,10 +68,6 @@ def _since(value: str | None) -> float | None:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
 
-def _when(timestamp: float) -> str:
-    return datetime.fromtimestamp(timestamp, UTC).strftime("%Y-%m-%d %H:%M:%S")
-
-
 @traces_app.command("list")
 def list_runs(
     traces: StoreOption = DEFAULT_TRACE_PATH,
@@ -67,23 +75,17 @@ def list_runs(
     label: Annotated[str | None, typer.Option(help="final label")] = None,
     termination: Annotated[str | None, typer.Option(help="accepted, max_rounds, error or timeout")] = None,
     since: Annotated[str | None, typer.Option(help="ISO date/time (UTC unless given)")] = None,
-    limit: Annotated[int, typer.Option(min=1)] = 50,
-    offset: Annotated[int, typer.Option(min=0)] = 0,
+    limit: Annotated[int, typer.Option(min=1, max=MAX_LIST)] = 50,
+    offset: Annotated[int, typer.Option(min=0, max=MAX_OFFSET)] = 0,
 ) -> None:
     """Recorded runs, newest first."""
     if status not in (None, "ok", "error"):
         raise typer.BadParameter("--status is ok or error")
     where = RunFilter(status=status, label=label, termination=termination, since=_since(since))
     store = _open(traces)
-    runs = store.list_runs(where, limit=limit, offset=offset)
-    table = Table("run", "time (UTC)", "input", "label", "termination", "rounds", "path", "latency")
-    for run in runs:
-        table.add_row(
-            run.id[:12], _when(run.created_at), Text(run.input_ref or run.query_id), run.label or "-",
-            run.termination, str(run.rounds), " → ".join(run.path), f"{run.latency_s:.2f}s",
-        )  # fmt: skip
-    out.print(table)
-    err.print(Text(f"{offset + len(runs)} of {store.count_runs(where)} runs"))
+    runs = _read(store.list_runs, where, limit=limit, offset=offset)
+    out.print(runs_table(runs))
+    err.print(Text(f"{offset + len(runs)} of {_read(store.count_runs, where)} runs"))
 
 
 @traces_app.command()
@@ -93,64 +95,7 @@ def show(
     full: Annotated[bool, typer.Option("--full", help="whole prompts and token ids")] = False,
 ) -> None:
     """A run as a tree: path, each node's calls with prompt and answer, the checks, timings and reward."""
-    detail = _load(_open(traces), run_id)
-    result, summary = detail.result, detail.summary
-    tree = Tree(Text.assemble((f"run {summary.id}", "bold"), f"  {_when(summary.created_at)}  {summary.source}"))
-    tree.add(Text(f"input: {summary.input_ref or summary.query_id}"))
-    tree.add(Text(f"path: {' → '.join(summary.path)}"))
-    verdict = tree.add(Text(f"result: {result.label or '-'} ({result.termination})", style="bold"))
-    verdict.add(
-        Text(f"valence {result.valence or '?'}, arousal {result.arousal or '?'}, format ok: {result.format_ok}")
-    )
-    if result.coherence:
-        verdict.add(Text(f"coherence: {'pass' if result.coherence.passed else 'fail'} "
-                         f"(text implies {result.coherence.implied_label or 'nothing usable'})"))  # fmt: skip
-    if result.consistency:
-        verdict.add(Text(f"consistency: {'pass' if result.consistency.passed else 'fail'} "
-                         f"(answer {result.consistency.answer or 'unusable'})"))  # fmt: skip
-    if result.error:
-        verdict.add(Text(f"error: {result.error}", style="red"))
-    calls = result.trajectory.calls if result.trajectory else []
-    nodes: dict[tuple[str, int], Tree] = {}
-    for index, call in enumerate(calls):
-        key = (call.node, call.round)
-        if key not in nodes:
-            nodes[key] = tree.add(Text(f"{call.node} (round {call.round})", style="cyan"))
-        _add_call(nodes[key], index, call, full=full)
-    for role, breakdown in detail.rewards.items():
-        rewards = tree.add(Text(f"reward{' (' + role + ')' if role else ''}", style="bold"))
-        for name, value in breakdown.items():
-            rewards.add(Text(f"{name}: {value:.4g}"))
-    out.print(tree)
-
-
-def _add_call(parent: Tree, index: int, call: LLMCall, *, full: bool) -> None:
-    heading = (
-        f"#{index} {call.role}/{call.purpose}  {call.model_id}{'@' + call.adapter if call.adapter else ''}  "
-        f"{call.latency_s * 1000:.0f} ms  {len(call.prompt_token_ids)}→{len(call.completion_token_ids)} tokens  "
-        f"finish={call.finish_reason}"
-    )
-    node = parent.add(Text(heading, style="red" if call.error else ""))
-    prompt = "\n".join(message.text for message in call.messages)
-    images = sum(len(message.images) for message in call.messages)
-    node.add(Text(f"prompt ({images} image{'s' if images != 1 else ''}): " + (prompt if full else _clip(prompt))))
-    if call.choices:
-        node.add(Text(f"choices: {', '.join(call.choices)}"))
-    node.add(Text("answer: " + (call.text if full else _clip(call.text)), style="green"))
-    if call.parsed:
-        node.add(Text(f"parsed: {call.parsed}"))
-    if call.logprobs:
-        mean = sum(call.logprobs) / len(call.logprobs)
-        node.add(Text(f"logprobs: mean {mean:.3f}, min {min(call.logprobs):.3f} ({call.logprob_mode})"))
-    if full:
-        node.add(Text(f"completion ids: {call.completion_token_ids}"))
-    if call.error:
-        node.add(Text(f"error: {call.error}", style="red"))
-
-
-def _clip(text: str, limit: int = 400) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+    out.print(run_tree(_load(_open(traces), run_id), full=full))
 
 
 @traces_app.command()
@@ -161,57 +106,8 @@ def diff(
 ) -> None:
     """What differs between two runs: outcome, path, and each step's text, call by call."""
     store = _open(traces)
-    a, b = _load(store, run_a), _load(store, run_b)
-    table = Table("", f"A {a.summary.id[:12]}", f"B {b.summary.id[:12]}")
-    for name, left, right in _outcome_rows(a, b):
-        table.add_row(name, Text(left), Text(right), style="bold yellow" if left != right else "")
-    out.print(table)
-    calls_a = a.result.trajectory.calls if a.result.trajectory else []
-    calls_b = b.result.trajectory.calls if b.result.trajectory else []
-    for index in range(max(len(calls_a), len(calls_b))):
-        left = calls_a[index] if index < len(calls_a) else None
-        right = calls_b[index] if index < len(calls_b) else None
-        _print_call_diff(index, left, right)
-
-
-def _outcome_rows(a: RunDetail, b: RunDetail) -> list[tuple[str, str, str]]:
-    def fields(d: RunDetail) -> dict[str, str]:
-        r = d.result
-        return {
-            "input": d.summary.input_ref or d.summary.query_id,
-            "label": str(r.label), "termination": r.termination, "path": " → ".join(d.summary.path),
-            "coherence": str(r.coherence.passed if r.coherence else None),
-            "consistency": str(r.consistency.passed if r.consistency else None),
-            "format ok": str(r.format_ok), "latency": f"{d.summary.latency_s:.2f}s",
-        }  # fmt: skip
-
-    left, right = fields(a), fields(b)
-    return [(name, left[name], right[name]) for name in left]
-
-
-def _print_call_diff(index: int, left: LLMCall | None, right: LLMCall | None) -> None:
-    title = f"call #{index}: {_call_name(left)} | {_call_name(right)}"
-    if left is None or right is None:
-        out.print(Text(title + "  (only in " + ("B" if left is None else "A") + ")", style="yellow"))
-        return
-    if left.text == right.text and left.messages == right.messages:
-        out.print(Text(title + "  (same prompt and answer)", style="dim"))
-        return
-    out.print(Text(title, style="bold"))
-    for label, old, new in (("prompt", _prompt(left), _prompt(right)), ("answer", left.text, right.text)):
-        if old != new:
-            lines = difflib.unified_diff(old.splitlines(), new.splitlines(), f"A {label}", f"B {label}", lineterm="")
-            for line in lines:
-                style = "green" if line.startswith("+") else "red" if line.startswith("-") else ""
-                out.print(Text(line, style=style))
-
-
-def _call_name(call: LLMCall | None) -> str:
-    return f"{call.role}/{call.purpose} r{call.round}" if call else "-"
-
-
-def _prompt(call: LLMCall) -> str:
-    return "\n".join(message.text for message in call.messages)
+    for renderable in run_diff(_load(store, run_a), _load(store, run_b)):
+        out.print(renderable)
 
 
 def otel_exporter(endpoint: str, *, include_content: bool = False) -> OtelRunExporter:
@@ -236,29 +132,63 @@ def export(
     include_content: Annotated[
         bool, typer.Option("--include-content", help="with --otlp: put prompts and answers in the spans")
     ] = False,
+    force: Annotated[bool, typer.Option("--force", help="replace an existing --out file")] = False,
 ) -> None:
     """Every matching run as one JSON line (result, all calls with token ids and logprobs, rewards), or as spans."""
+    if output is not None:
+        _check_export_target(output, traces, force)
     store = _open(traces)
     where = RunFilter(status=status, since=_since(since))
     if otlp:
         _export_spans(store, where, otlp, include_content)
         return
-    sink = output.open("w", encoding="utf-8") if output else sys.stdout
+    if output is None:
+        count = _write_runs(store, where, sys.stdout)
+    else:  # written beside the target and renamed when complete: a killed export leaves no half file
+        partial = output.with_name(f".{output.name}.partial")
+        output.parent.mkdir(parents=True, exist_ok=True)
+        with partial.open("w", encoding="utf-8") as sink:
+            count = _write_runs(store, where, sink)
+        partial.replace(output)
+    err.print(data(f"exported {count} runs" + (f" to {output}" if output else "")))
+
+
+def _write_runs(store: TraceStore, where: RunFilter, sink: TextIO) -> int:
     count = 0
+    for detail in _read(store.iter_runs, where):
+        sink.write(detail.model_dump_json() + "\n")
+        count += 1
+    return count
+
+
+def _check_export_target(output: Path, store: Path, force: bool) -> None:
+    """Never the store itself (or its WAL), never an existing file unless `--force`, and a writable path."""
+    problem = None
+    if any(_same_file(output, store.with_name(store.name + suffix)) for suffix in ("", "-wal", "-shm", "-journal")):
+        problem = f"{output} is the trace store (or its journal) being exported; give another file"
+    elif output.exists() and not force and not output.is_dir():
+        problem = f"{output} exists; pass --force to replace it, or give another file"
+    else:
+        try:
+            check_output_file(output)
+        except OutputPathError as error:
+            problem = str(error)
+    if problem:
+        print_error(problem)
+        raise typer.Exit(2)
+
+
+def _same_file(a: Path, b: Path) -> bool:
     try:
-        for detail in store.iter_runs(where):
-            sink.write(detail.model_dump_json() + "\n")
-            count += 1
-    finally:
-        if output:
-            sink.close()
-    err.print(Text(f"exported {count} runs" + (f" to {output}" if output else "")))
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def _export_spans(store: TraceStore, where: RunFilter, endpoint: str, include_content: bool) -> None:
     exporter = otel_exporter(endpoint, include_content=include_content)
     count = 0
-    for detail in store.iter_runs(where):
+    for detail in _read(store.iter_runs, where):
         exporter.export_stored(detail)
         count += 1
     exporter.shutdown()
@@ -278,7 +208,7 @@ def serve(
     ] = False,
 ) -> None:
     """Browse the traces in a read-only web page (run list, run pages with token logprobs, training steps)."""
-    from emo_r3.graphs.traces.viewer import serve as serve_viewer
+    from emo_r3.graphs.traces.viewer.server import serve as serve_viewer
 
     try:
         serve_viewer(traces, host=host, port=port, allow_remote=allow_remote)

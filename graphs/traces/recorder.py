@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sqlite3
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -27,7 +26,9 @@ class TraceRecorder:
     """Where a graph sends its finished runs: the trace store, and optionally an exporter (OpenTelemetry).
 
     A trace that cannot be written is logged, never raised: the answer the user waited for matters more than
-    its trace.
+    its trace. The caller can still tell: `record` returns the stored run's id (None when it was not stored),
+    `failures` counts the runs that could not be stored, and `last_error` says why the latest one was not (the
+    store's message: file, real cause, what to do), so nobody is pointed at a trace that does not exist.
     """
 
     def __init__(
@@ -36,7 +37,8 @@ class TraceRecorder:
         self.store = store
         self.source = source
         self.exporter = exporter
-        self.failures = 0
+        self.failures = 0  # runs the store could not keep
+        self.last_error: str | None = None  # why the latest of them was not kept; later successes do not clear it
 
     async def record(
         self,
@@ -45,14 +47,19 @@ class TraceRecorder:
         query: EmotionQuery,
         images: Sequence[PreparedImage],
         config_hash: str | None = None,
-    ) -> None:
-        input_ref = ", ".join(str(i) if not isinstance(i, bytes) else f"<{len(i)} bytes>" for i in query.images)
+    ) -> str | None:
+        """Store the run; its id once it is committed, or None (no store, or it could not be written: see
+        `last_error`). Never raises for a run it cannot keep."""
         if self.exporter is not None:
-            await asyncio.to_thread(self.exporter.export, result, source=self.source)
+            try:
+                await asyncio.to_thread(self.exporter.export, result, source=self.source)
+            except Exception as error:  # an exporter must not cost the run its stored trace
+                logger.error("could not export the run of query %s: %s", query.id, error)
         if self.store is None:
-            return
+            return None
         try:
-            await asyncio.to_thread(
+            input_ref = ", ".join(str(i) if not isinstance(i, bytes) else f"<{len(i)} bytes>" for i in query.images)
+            return await asyncio.to_thread(
                 self.store.record_run,
                 result,
                 source=self.source,
@@ -60,9 +67,11 @@ class TraceRecorder:
                 config_hash=config_hash,
                 input_ref=input_ref,
             )
-        except (sqlite3.Error, OSError) as error:
+        except Exception as error:  # TraceStoreError (full disk, damaged file ...) or anything unforeseen
             self.failures += 1
-            logger.error("could not record the trace of query %s in %s: %s", query.id, self.store.path, error)
+            self.last_error = str(error) or type(error).__name__
+            logger.error("could not record the trace of query %s: %s", query.id, self.last_error)
+            return None
 
     def close(self) -> None:
         """Send what the exporter still queues; the store needs no closing (every run is committed)."""

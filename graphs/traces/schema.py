@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import sqlite3
+from collections.abc import Sequence
+
 # Each entry upgrades the schema by one version; never edit a released entry, append a new one.
 MIGRATIONS: list[str] = [
     """
@@ -92,3 +96,35 @@ MIGRATIONS: list[str] = [
     """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def apply_migrations(db: sqlite3.Connection, migrations: Sequence[str]) -> None:
+    """Run each migration script statement by statement (the caller holds the transaction)."""
+    for script in migrations:
+        for statement in filter(str.strip, script.split(";")):
+            db.execute(statement)
+
+
+def expected_tables(migrations: Sequence[str]) -> dict[str, frozenset[str]]:
+    """Table -> column names that a store at schema version `len(migrations)` has (worked out in memory, once)."""
+    return _expected_tables(tuple(migrations))
+
+
+@functools.cache
+def _expected_tables(migrations: tuple[str, ...]) -> dict[str, frozenset[str]]:
+    db = sqlite3.connect(":memory:")
+    try:
+        apply_migrations(db, migrations)
+        return {table: table_columns(db, table) for table in table_names(db)}
+    finally:
+        db.close()
+
+
+def table_names(db: sqlite3.Connection) -> list[str]:
+    """The database's tables, sorted, SQLite's own left out."""
+    rows = db.execute("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name").fetchall()
+    return [row[0] for row in rows if not row[0].lower().startswith("sqlite_")]
+
+
+def table_columns(db: sqlite3.Connection, table: str) -> frozenset[str]:
+    return frozenset(row[0] for row in db.execute("SELECT name FROM pragma_table_info(?)", (table,)))

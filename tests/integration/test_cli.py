@@ -1,4 +1,5 @@
-"""The `emo-r3` command line, run as a user would: real processes, real tiny models, kill -9 mid-batch."""
+"""The `emo-r3` command line, run as a user would: real processes, real tiny models, kill -9 mid-batch, a file-size
+limit standing in for a full disk, two batches on one results file, output paths that cannot be written."""
 
 from __future__ import annotations
 
@@ -10,7 +11,9 @@ import subprocess
 import time
 from pathlib import Path
 
+import pytest
 from PIL import Image
+from process_limits import file_size_limit
 from repo import EMO_R3
 
 
@@ -121,3 +124,80 @@ def test_batch_refuses_a_results_file_of_another_kind(tiny_config, tmp_path, noi
     done = emo_r3("batch", str(noise_image.parent), "--out", str(out), "--config", str(tiny_config))
     assert done.returncode == 2 and "out.jsonl:2" in done.stderr
     assert out.read_text() == foreign  # nothing cut, nothing appended
+
+
+def batch_command(images: Path, out: Path, tiny_config: Path, *extra: str) -> list[str]:
+    return [*EMO_R3, "batch", str(images), "--out", str(out), "--config", str(tiny_config), "--no-traces", *extra]
+
+
+def test_batch_on_a_full_disk_stops_cleanly_keeps_whole_records_and_resumes(tiny_config, tmp_path):
+    ids = make_folder(tmp_path / "images", 5)
+    out = tmp_path / "results.jsonl"
+    command = batch_command(tmp_path / "images", out, tiny_config, "-j", "2")
+
+    # Records are about 400 bytes: the limit lands inside the third or so, which is written short, then refused.
+    full = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
+                          preexec_fn=file_size_limit(1000))  # fmt: skip
+
+    assert full.returncode == 1, full.stderr
+    assert "Traceback" not in full.stderr
+    assert out.read_bytes().endswith(b"\n"), "only complete lines are left"
+    kept = read_records(out)
+    assert 1 <= len(kept) < len(ids)
+    assert (
+        f"error: could not write {out}: File too large; {len(kept)} results kept; raise the file-size limit "
+        "(ulimit -f) or free space and run the same command again to resume"
+    ) in full.stderr
+
+    resumed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"{len(kept)} already done" in resumed.stderr
+    records = read_records(out)
+    assert records[: len(kept)] == kept
+    assert sorted(record["id"] for record in records) == sorted(ids), "every item once: nothing lost or redone"
+
+
+def test_a_second_batch_on_the_same_results_file_is_refused_before_any_work(tiny_config, tmp_path):
+    ids = make_folder(tmp_path / "images", 5)
+    out = tmp_path / "results.jsonl"
+    command = batch_command(tmp_path / "images", out, tiny_config, "-j", "1")
+    first = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and (not out.exists() or not out.read_text().count("\n")):
+            assert first.poll() is None, first.stderr.read().decode()
+            time.sleep(0.1)
+        os.killpg(first.pid, signal.SIGSTOP)  # mid-batch and holding its lock, whatever the machine's speed
+
+        second = subprocess.run(command, capture_output=True, text=True, timeout=300, check=False)
+
+        assert second.returncode == 2, second.stderr
+        assert f"error: {out} is being written by another running command; wait for it to finish" in second.stderr
+        assert "Traceback" not in second.stderr and "ok," not in second.stderr
+    finally:
+        os.killpg(first.pid, signal.SIGCONT)
+    _, stderr = first.communicate(timeout=600)
+    assert first.returncode == 0, stderr.decode()
+    assert sorted(record["id"] for record in read_records(out)) == sorted(ids), "each item once: the second ran none"
+
+
+BAD_OUTS = {
+    "a folder": (lambda tmp: (tmp / "out").mkdir(), "out", "{out} is a folder; give a file name instead"),
+    "under a file": (lambda tmp: (tmp / "f.txt").write_text("x"), "f.txt/results.jsonl", "f.txt is a file, not a"),
+    "a link loop": (lambda tmp: (tmp / "loop").symlink_to(tmp / "loop"), "loop", "(Too many levels of symbolic"),
+}
+
+
+@pytest.mark.parametrize(("make", "relative", "says"), BAD_OUTS.values(), ids=BAD_OUTS.keys())
+def test_batch_refuses_an_out_that_cannot_be_written_before_any_work(tiny_config, noise_image, tmp_path, make,
+                                                                      relative, says):  # fmt: skip
+    make(tmp_path)
+    out = tmp_path / relative
+    before = sorted(tmp_path.rglob("*"))
+
+    done = subprocess.run(batch_command(noise_image.parent, out, tiny_config), capture_output=True, text=True,
+                          timeout=300, check=False)  # fmt: skip
+
+    assert done.returncode == 2, done.stderr
+    assert says.format(out=out) in done.stderr and "Traceback" not in done.stderr
+    assert sorted(tmp_path.rglob("*")) == before, "nothing ran, nothing was written"

@@ -6,9 +6,12 @@ import math
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from emo_r3.training.advantages import (
     EPS,
+    ESTIMATORS,
     broadcast,
     dr_grpo,
     group_keys,
@@ -133,3 +136,47 @@ def test_roles_sharing_a_reward_count_once_in_their_group() -> None:
     assert [a["reasoner"] for a in advantages] == pytest.approx(list(expected))
     with pytest.raises(ValueError, match="different rewards"):
         role_advantages([{"perceiver": 1.0, "reasoner": 0.0}], ["a"], streams=streams)
+
+
+TRAJECTORY_STREAMS = {"perceiver": "trajectory", "reasoner": "trajectory", "reflector": "reflector"}
+_REWARD = st.floats(-2.0, 2.0, allow_nan=False, allow_infinity=False)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=st.data(),
+    estimator=st.sampled_from(sorted(ESTIMATORS)),
+    streams=st.sampled_from([TRAJECTORY_STREAMS, None]),
+)
+def test_one_streams_rewards_never_move_another_streams_advantages(data, estimator, streams) -> None:
+    """Whatever the estimator and rewards: each stream is estimated on its own (REINFORCE++-baseline's batch
+    whitening included), so changing one stream's rewards leaves every other stream's advantages bit-identical."""
+    n = data.draw(st.integers(1, 12), label="trajectories")
+    prompts = data.draw(st.lists(st.sampled_from("abc"), min_size=n, max_size=n), label="prompts")
+    rewards = {s: data.draw(st.lists(_REWARD, min_size=n, max_size=n), label=s) for s in ("shared", "reflector")}
+    changed_stream = data.draw(st.sampled_from(sorted(rewards)), label="changed stream")
+    changed = {**rewards, changed_stream: data.draw(st.lists(_REWARD, min_size=n, max_size=n), label="new rewards")}
+
+    def advantages(r: dict[str, list[float]]) -> list[dict[str, float]]:
+        per_traj = [
+            {"perceiver": s, "reasoner": s, "reflector": f} for s, f in zip(r["shared"], r["reflector"], strict=True)
+        ]
+        return role_advantages(per_traj, prompts, estimator=estimator, streams=streams)
+
+    before, after = advantages(rewards), advantages(changed)
+    untouched = ("reflector",) if changed_stream == "shared" else ("perceiver", "reasoner")
+    for role in untouched:
+        assert [a[role] for a in after] == [a[role] for a in before]
+    # ...and each stream's advantages are the estimator over that stream alone.
+    alone = ESTIMATORS[estimator](changed["reflector"], prompts)
+    assert [a["reflector"] for a in after] == pytest.approx(list(alone), abs=1e-12)
+
+
+def test_reinforce_baseline_whitens_each_stream_on_its_own() -> None:
+    """The outside check's case: a reflector with a wide reward spread no longer shrinks the reasoner's advantages."""
+    shared, reflector, prompts = [1.0, 0.0, 1.0, 0.0], [0.0, 10.0, -10.0, 0.0], ["a", "a", "b", "b"]
+    rewards = [{"reasoner": s, "reflector": f} for s, f in zip(shared, reflector, strict=True)]
+    advantages = role_advantages(rewards, prompts, estimator="reinforce_baseline")
+    # reasoner alone: centred ±0.5, batch unbiased std √(4·0.25/3) = √(1/3).
+    expected = np.array([0.5, -0.5, 0.5, -0.5]) / (math.sqrt(1 / 3) + EPS)
+    np.testing.assert_allclose([a["reasoner"] for a in advantages], expected, rtol=1e-12)

@@ -74,7 +74,8 @@ def test_saved_rng_state_replays_torch_python_and_numpy_draws(tmp_path: Path) ->
     expected = _draws()
     _draws()
 
-    set_rng_state(load_checkpoint(folder)["state"]["rng"])
+    saved = load_checkpoint(folder)
+    set_rng_state(saved["state"]["rng"], saved["rng"])
 
     assert _draws() == expected
 
@@ -98,12 +99,6 @@ def test_pruning_keeps_the_last_keep_checkpoints(tmp_path: Path, keep: int) -> N
     assert latest_checkpoint(tmp_path) == tmp_path / "step-00000020"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: save_checkpoint prunes by sorted folder name, so a save whose step is below an existing folder's "
-    "(a run restarted in a run_dir that still holds a later checkpoint, e.g. after `latest` was removed) deletes "
-    "the checkpoint it just wrote and leaves `latest` naming a missing folder",
-)
 def test_pruning_never_deletes_the_checkpoint_just_written(tmp_path: Path) -> None:
     _save(tmp_path, 20, keep=1)
     (tmp_path / LATEST).unlink()
@@ -145,12 +140,14 @@ def _truncate(path: Path) -> None:
 @pytest.mark.parametrize(
     ("name", "damage"),
     [
-        ("policies.pt", _truncate),
+        ("policy-0.safetensors", _truncate),
         ("optimizer.pt", lambda path: path.write_bytes(b"")),
-        ("state.pt", Path.unlink),
-        ("state.pt", lambda path: (path.unlink(), path.mkdir())),
+        ("state.json", Path.unlink),
+        ("state.json", lambda path: (path.unlink(), path.mkdir())),
+        ("state.json", lambda path: path.write_text("{not json")),
+        ("rng.safetensors", lambda path: path.write_bytes(b"garbage")),
     ],
-    ids=["truncated", "empty", "missing", "a-folder"],
+    ids=["truncated", "empty", "missing", "a-folder", "not-json", "garbage"],
 )
 def test_an_unreadable_checkpoint_file_raises_checkpoint_error(tmp_path: Path, name: str, damage) -> None:
     folder = _save(tmp_path, 3)
@@ -160,11 +157,6 @@ def test_an_unreadable_checkpoint_file_raises_checkpoint_error(tmp_path: Path, n
         load_checkpoint(folder)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: load_checkpoint catches OSError/RuntimeError/EOFError only; a file that is not a zip archive "
-    "(torch.load falls back to plain pickle) raises pickle.UnpicklingError, which escapes as a raw traceback",
-)
 def test_a_checkpoint_file_that_is_not_a_torch_archive_raises_checkpoint_error(tmp_path: Path) -> None:
     folder = _save(tmp_path, 3)
     (folder / "optimizer.pt").write_bytes(b"garbage, not a torch file")
@@ -179,3 +171,33 @@ def test_a_checkpoint_folder_that_is_gone_raises_checkpoint_error(tmp_path: Path
 
     with pytest.raises(CheckpointError, match="step-00000003"):
         load_checkpoint(folder)
+
+
+class _RunsCode:
+    """Unpickling this would call Path.touch: what a crafted checkpoint would do with a plain `torch.load`."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+def test_a_crafted_checkpoint_cannot_run_code(tmp_path: Path) -> None:
+    folder = _save(tmp_path, 3)
+    marker = tmp_path / "pwned"
+    torch.save({"state": _RunsCode(marker)}, folder / "optimizer.pt")
+
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(folder)
+    assert not marker.exists()
+
+
+def test_a_checkpoint_holds_no_pickle_but_the_optimizer_state(tmp_path: Path) -> None:
+    folder = _save(tmp_path, 3)
+    assert sorted(path.name for path in folder.iterdir()) == [
+        "optimizer.pt",
+        "policy-0.safetensors",
+        "rng.safetensors",
+        "state.json",
+    ]

@@ -1,6 +1,7 @@
 """Image intake: every awkward real-world file either becomes 8-bit RGB or a clear ImageError."""
 
 import io
+import resource
 
 import numpy as np
 import pytest
@@ -47,6 +48,25 @@ def test_transparent_pixels_become_white_and_16bit_keeps_contrast():
     assert grey.min() == 0 and grey.max() == 255  # a 0..1000 range is stretched, not clipped to black
 
 
+@pytest.mark.parametrize(
+    "ramp",
+    [
+        np.linspace(0, 65535, 200).astype(np.uint16),
+        np.linspace(0, 1000, 200).astype(np.uint16),
+        np.linspace(-70000, 70000, 200).astype(np.int32),
+        np.linspace(0.0, 1.0, 200).astype(np.float32),
+        np.linspace(-5.0, 5.0, 200).astype(np.float32),
+    ],
+    ids=["16bit-full", "16bit-low", "32bit-int", "float-0..1", "float-signed"],
+)
+def test_high_bit_depth_greyscale_keeps_its_contrast(ramp):
+    """16-bit, 32-bit integer and 32-bit float (mode F) files: the actual range is stretched over 0..255."""
+    image = Image.fromarray(ramp.reshape(10, 20))
+    grey = np.asarray(prepare_image(png_bytes(image, "TIFF")).to_pil())[..., 0]
+    assert grey.min() == 0 and grey.max() == 255
+    assert (np.diff(grey.reshape(-1).astype(int)) >= 0).all()  # the ramp stays a ramp
+
+
 def test_animated_gif_uses_first_frame():
     frames = [Image.new("RGB", (8, 8), colour) for colour in ((255, 0, 0), (0, 0, 255))]
     buffer = io.BytesIO()
@@ -78,6 +98,33 @@ def test_unusable_inputs_raise_clear_errors(data, message, tmp_path):
     with pytest.raises(ImageError, match=message) as info:
         prepare_image(path)
     assert str(path) in str(info.value)
+
+
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+@pytest.mark.parametrize(
+    ("size", "message"),
+    [(3 * 2**30, "not read"), (300 * 2**20, "not an image")],
+    ids=["3 GB, over any image", "300 MB of zeros"],
+)
+def test_huge_non_images_are_refused_without_reading_them(tmp_path, size, message):
+    """Sparse files: no disk used, but reading one whole would take `size` bytes of memory."""
+    path = tmp_path / "huge.jpg"
+    with path.open("wb") as handle:
+        handle.truncate(size)
+    before = _peak_rss_mb()
+    with pytest.raises(ImageError, match=message):
+        prepare_image(path)
+    assert _peak_rss_mb() - before < 100
+
+
+def test_a_symlink_loop_is_a_clear_error(tmp_path):
+    loop = tmp_path / "loop.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageError, match="symbolic links"):
+        prepare_image(loop)
 
 
 def test_truncated_jpeg_is_a_clear_error(bundled_images):

@@ -1,4 +1,5 @@
-"""The trace viewer's pure parts: which hosts it may serve on, logprob colour buckets, the path diagram layout."""
+"""The trace viewer's pure parts: which hosts it may serve on and which Host headers it answers (no DNS rebinding),
+logprob colour buckets, the path diagram layout."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from emo_r3.graphs.traces.store import TraceStore
-from emo_r3.graphs.traces.viewer.host_check import check_host, is_loopback
+from emo_r3.graphs.traces.viewer.host_check import HostHeaderCheck, check_host, host_header_name, is_loopback
 from emo_r3.graphs.traces.viewer.path_diagram import layout_path
 from emo_r3.graphs.traces.viewer.server import make_server
 from emo_r3.graphs.traces.viewer.tokens import logprob_bucket
@@ -33,6 +34,62 @@ def test_non_loopback_hosts_are_refused_without_allow_remote(store_path, host):
 def test_loopback_hosts_are_accepted(host):
     assert is_loopback(host)
     check_host(host, allow_remote=False)
+
+
+@pytest.mark.parametrize(
+    ("header", "name"),
+    [
+        ("localhost", "localhost"),
+        ("LocalHost:8765", "localhost"),
+        ("localhost.", "localhost"),
+        ("localhost:", "localhost"),
+        ("127.0.0.1:80", "127.0.0.1"),
+        ("[::1]:8765", "::1"),
+        ("[::1]", "::1"),
+        ("attacker.example:8765", "attacker.example"),
+        ("::1", None),  # IPv6 needs brackets in a Host header
+        ("", None),
+        ("  ", None),
+        ("a b", None),
+        ("localhost:port", None),
+        ("localhost:80:80", None),
+        ("[::1", None),
+        ("[::1]x", None),
+        ("[localhost]", None),
+        ("user@localhost", None),
+        ("localhost/evil", None),
+    ],
+)
+def test_host_header_parsing(header, name):
+    assert host_header_name(header) == name
+
+
+FORGED_HOSTS = ["attacker.example", "attacker.example:8765", "localhost.attacker.example", "127.0.0.1.nip.io",
+                "127.0.0.1.nip.io:8765", "", "::1", "0.0.0.0", "10.0.0.5:8765", "[::ffff:7f00:1]"]  # fmt: skip
+LOOPBACK_HOSTS = ["localhost", "localhost:8765", "LOCALHOST", "127.0.0.1", "127.0.0.1:8765", "127.9.9.9:1",
+                  "[::1]:8765", "[::1]", "ip6-localhost:8765"]  # fmt: skip
+
+
+def test_a_loopback_viewer_answers_loopback_host_headers_only():
+    check = HostHeaderCheck.for_server("127.0.0.1", allow_remote=False)
+    assert all(check.allows([host]) for host in LOOPBACK_HOSTS)
+    assert not any(check.allows([host]) for host in FORGED_HOSTS)
+    assert not check.allows([]) and not check.allows(["localhost", "localhost"])  # missing, or more than one
+    assert check.describe() == "localhost or a loopback address"
+
+
+def test_a_remote_viewer_also_answers_its_own_host_and_the_allowed_names():
+    remote = HostHeaderCheck.for_server("10.1.2.3", allow_remote=True, allowed_hosts=["Traces.Example.Org"])
+    assert all(remote.allows([h]) for h in ["10.1.2.3:8765", "traces.example.org", "traces.example.org.", "localhost"])
+    assert not any(remote.allows([h]) for h in ["attacker.example", "10.9.9.9", "10.1.2.3.nip.io"])
+    assert "10.1.2.3" in remote.describe() and "traces.example.org" in remote.describe()
+    everywhere = HostHeaderCheck.for_server("0.0.0.0", allow_remote=True)  # IP addresses cannot be re-pointed
+    assert all(everywhere.allows([h]) for h in ["10.9.9.9:8765", "[fe80::1]:8765", "192.168.1.10"])
+    assert not any(everywhere.allows([h]) for h in ["attacker.example", "10.9.9.9.nip.io", "0.0.0.0.example"])
+    v6 = HostHeaderCheck.for_server("[2001:db8::7]", allow_remote=True)
+    assert v6.allows(["[2001:db8::7]:8765"]) and not v6.allows(["[2001:db8::8]:8765"])
+    with pytest.raises(ValueError, match="--allow-remote"):  # a remote name needs the same explicit decision
+        HostHeaderCheck.for_server("127.0.0.1", allow_remote=False, allowed_hosts=["traces.example.org"])
 
 
 def test_logprob_buckets_order_confident_to_unlikely():

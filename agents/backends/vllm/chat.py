@@ -188,8 +188,13 @@ class VLLMChatModel:
                 problem = f"vLLM server unreachable ({type(error).__name__}: {error})"
                 continue
             except (httpx.TimeoutException, TimeoutError) as error:
-                problem = f"no answer within {self._timeout_s} s ({type(error).__name__})"
-                continue
+                # Not a passing fault: a generation that ran past the deadline would run past it again, and
+                # retrying would multiply the wait (4 tries x 120 s) before the user hears anything.
+                raise ModelCallError(
+                    f"{url}: no answer within {self._timeout_s} s ({type(error).__name__}); not retried, since a "
+                    "request that timed out would most likely time out again: check the server, or raise the model "
+                    "spec's `timeout_s` for long answers"
+                ) from error
             except (httpx.NetworkError, httpx.RemoteProtocolError) as error:  # reset, closed, died mid-answer
                 problem = f"connection to the vLLM server lost ({type(error).__name__}: {error})"
                 continue
