@@ -71,6 +71,7 @@ class ResultsFile(Generic[R]):
         self.record_type = record_type
         self.records: dict[str, R] = {}
         self._fd: int | None = None
+        self._created = False
         try:
             data = path.read_bytes() if path.exists() else b""
         except OSError as error:
@@ -87,6 +88,7 @@ class ResultsFile(Generic[R]):
         """Take the file for writing (created if missing) until `close`; re-read it under the lock and cut a torn
         tail. Raises ResultsFileInUseError if another writer holds it, ResultsFileError if it cannot be opened."""
         if self._fd is None:
+            self._created = not self.path.exists()
             fd = self._open_locked()
             try:
                 with open(fd, "rb", closefd=False) as handle:
@@ -102,8 +104,12 @@ class ResultsFile(Generic[R]):
         return self
 
     def close(self) -> None:
-        """Release the lock (appends after this take it one record at a time)."""
+        """Release the lock (appends after this take it one record at a time). A file the lock created and nothing
+        was written to is removed again: a command that stopped before its first result leaves nothing behind."""
         if self._fd is not None:
+            with contextlib.suppress(OSError):
+                if self._created and os.fstat(self._fd).st_size == 0:
+                    self.path.unlink()
             os.close(self._fd)
             self._fd = None
 
