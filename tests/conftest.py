@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 # Fixture modules in support/: the real vLLM server (one CPU server per session, started on first use), the trace
-# viewer over a filled store, and scripted graph runs for the OpenTelemetry tests.
-pytest_plugins = ["vllm_server", "viewer_site", "scripted_otel_runs"]
+# viewer over a filled store, scripted graph runs for the OpenTelemetry tests, and a Ray cluster with fake GPUs.
+pytest_plugins = ["vllm_server", "viewer_site", "scripted_otel_runs", "ray_cluster"]
 
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "servers")
@@ -86,3 +86,12 @@ def tiny_config(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> 
     path = tmp_path_factory.mktemp("config") / "tiny.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+@pytest.fixture(scope="session")
+def one_image_dataset(tmp_path_factory: pytest.TempPathFactory, bundled_images: dict[str, Path]) -> Path:
+    """A training dataset in the FI layout: one small picture labelled `contentment`."""
+    root = tmp_path_factory.mktemp("train-data")
+    (root / "contentment").mkdir()
+    Image.open(bundled_images["astronaut"]).resize((64, 48)).save(root / "contentment" / "astronaut.png")
+    return root

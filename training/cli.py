@@ -1,10 +1,13 @@
-"""`emo-r3 train --config train.yaml`: joint RL of the graph's roles with the `local` trainer.
+"""`emo-r3 train --config train.yaml`: joint RL of the graph's roles, by the `local` trainer (one process) or the
+`openrlhf` trainer (OpenRLHF's DeepSpeed actors on a Ray cluster).
 
 `emo-r3 --help` loads this module to list the command, so torch (through the training config) loads only inside it.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -15,10 +18,14 @@ from emo_r3.agents.model_specs import ConfigError
 from emo_r3.graphs.cli.console import data, err, print_error
 
 if TYPE_CHECKING:
+    from emo_r3.training.cluster.cluster_trainer import ClusterTrainer
     from emo_r3.training.config import TrainConfig
+    from emo_r3.training.local_trainer import LocalTrainer
 
 train_app = typer.Typer(
-    help="Train the graph's roles jointly with RL (local trainer).", invoke_without_command=True, add_completion=False
+    help="Train the graph's roles jointly with RL (local trainer, or OpenRLHF on Ray).",
+    invoke_without_command=True,
+    add_completion=False,
 )
 
 
@@ -50,31 +57,56 @@ def _user_errors() -> tuple[type[Exception], ...]:
     """Failures whose message tells the user what to do; anything else is a bug and keeps its traceback."""
     from emo_r3.agents.backends.transformers.loading import ModelLoadError
     from emo_r3.agents.backends.vllm.adapters import AdapterSyncError
+    from emo_r3.agents.backends.vllm.process import VLLMProcessError
+    from emo_r3.agents.backends.vllm.weights import WeightSyncError
     from emo_r3.agents.offline_models import OfflineModelError
     from emo_r3.evals.datasets import DatasetError
     from emo_r3.graphs.traces.store import TraceStoreError
     from emo_r3.training.checkpoint import CheckpointError
-    from emo_r3.training.local_trainer import TrainingError
+    from emo_r3.training.rollouts import TrainingError
     from emo_r3.training.rows import RowError
 
     return (
         ConfigError, DatasetError, ModelLoadError, OfflineModelError, CheckpointError, TrainingError, RowError,
-        AdapterSyncError, TraceStoreError,
+        AdapterSyncError, WeightSyncError, TraceStoreError, VLLMProcessError,
     )  # fmt: skip
 
 
-def _run(cfg: TrainConfig, progress: bool) -> None:
-    from emo_r3.training.local_trainer import LocalTrainer  # torch loads only when training really starts
+@contextlib.contextmanager
+def _trainer(cfg: TrainConfig) -> Iterator[LocalTrainer | ClusterTrainer]:
+    """The configured trainer; torch (and Ray) load only when training really starts. The cluster trainer's servers
+    and actors stop when the block ends."""
+    if cfg.trainer == "local":
+        from emo_r3.training.local_trainer import LocalTrainer
 
-    trainer = LocalTrainer(cfg)
-    if trainer.step:
-        err.print(data(f"resuming {cfg.run_dir} at step {trainer.step}"))
+        yield LocalTrainer(cfg)
+        return
+    try:
+        from emo_r3.training.cluster.cluster_trainer import ClusterTrainer
+    except ImportError as error:
+        raise ConfigError(
+            f"trainer 'openrlhf' needs OpenRLHF and what it imports (Ray, DeepSpeed, flash-attn, vLLM) in this "
+            f"environment: {error}. Install them with pip install 'emo-r3[cluster]' (see README, Cluster training)"
+        ) from error
+    with ClusterTrainer(cfg) as trainer:
+        yield trainer
+
+
+def _run(cfg: TrainConfig, progress: bool) -> None:
+    with _trainer(cfg) as trainer:
+        if trainer.step:
+            err.print(data(f"resuming {cfg.run_dir} at step {trainer.step}"))
+        _train(trainer, cfg.steps, progress)
+    err.print(data(f"done: {cfg.run_dir} (checkpoints, traces.sqlite, tensorboard/)"))
+
+
+def _train(trainer: LocalTrainer | ClusterTrainer, steps: int, progress: bool) -> None:
     columns = (
         TextColumn("[bold]train[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
         TextColumn("reward {task.fields[reward]:.3f}  loss {task.fields[loss]:+.4f}"),
     )  # fmt: skip
     with Progress(*columns, console=err, disable=not progress) as bar:
-        task = bar.add_task("train", total=cfg.steps, completed=trainer.step, reward=0.0, loss=0.0)
+        task = bar.add_task("train", total=steps, completed=trainer.step, reward=0.0, loss=0.0)
 
         def advance(step: int, metrics: dict[str, float]) -> None:
             reward, loss = metrics["reward/mean"], metrics.get("loss", 0.0)
@@ -83,4 +115,3 @@ def _run(cfg: TrainConfig, progress: bool) -> None:
                 err.print(data(f"step {step}: reward {reward:.4f} loss {loss:+.5f}"))
 
         trainer.train(on_step=advance)
-    err.print(data(f"done: {cfg.run_dir} (checkpoints, traces.sqlite, tensorboard/)"))

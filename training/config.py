@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
@@ -51,30 +51,72 @@ class PolicyConfig(_Section):
     gradient_checkpointing: bool = False
 
 
+class ServedPolicy(_Section):
+    """A vLLM server and what it serves: the base model (`--served-model-name`) of the roles in `roles`; in lora mode
+    each trained role's adapter too, under the role's name."""
+
+    base_url: str
+    served_model: str
+    roles: list[Role] = Field(default_factory=lambda: list(ROLES), min_length=1)
+
+
+class ServerLaunch(_Section):
+    """`trainer: openrlhf`: start the vLLM servers on the Ray cluster instead of giving their URLs, one Ray actor per
+    server on a bundle of `gpus` GPUs; `count` servers per served policy share the rollouts."""
+
+    count: int = Field(1, ge=1)
+    gpus: int = Field(1, ge=1, description="GPUs per server (its tensor-parallel size)")
+    python: str = Field("python", description="the interpreter, on the cluster's nodes, of an environment with vLLM")
+    dtype: str = Field("auto", description="vLLM's --dtype (auto: the checkpoint's; float32 for CPU builds)")
+    max_model_len: int = Field(4096, ge=1)
+    enforce_eager: bool = Field(False, description="no CUDA graphs (CPU builds, debugging)")
+    extra_args: list[str] = Field(default_factory=list, description="more `vllm serve` arguments")
+    env: dict[str, str] = Field(default_factory=dict)
+    ready_timeout_s: float = Field(900.0, gt=0)
+
+
 class RolloutConfig(_Section):
-    """Where rollouts run: in this process on the policies themselves, or on a vLLM server (lora mode) whose role
-    adapters are reloaded over its HTTP API after every step."""
+    """Where rollouts run: in this process on the policies themselves (`local` only), or on vLLM servers reached over
+    HTTP by the graph's own client. After every step the servers get the new weights: LoRA adapters reloaded in place
+    (lora mode), or full weights (shared and separate modes) by `weight_sync`."""
 
     backend: Literal["in_process", "vllm"] = "in_process"
-    base_url: str | None = None
+    base_url: str | None = Field(None, description="shorthand for one server serving every role")
     served_model: str | None = Field(None, description="the server's --served-model-name of the base model")
-    api_key_env: str | None = Field(None, description="environment variable holding the server's API key")
+    servers: list[ServedPolicy] = Field(default_factory=list, description="more servers; rollouts are spread over them")
+    launch: ServerLaunch | None = None
+    weight_sync: Literal["reload"] = Field(
+        "reload", description="full weights: saved, then reloaded by the servers (needs VLLM_SERVER_DEV_MODE=1)"
+    )
+    api_key_env: str | None = Field(None, description="environment variable holding the servers' API key")
     timeout_s: float = Field(300.0, gt=0)
     max_concurrency: int = Field(8, ge=1, description="graph runs in flight at once")
 
-    def server(self, adapter: str | None = None) -> VLLMModelSpec:
-        """The vLLM server as a graph model spec (base model, or one role's adapter): the graph's own client then
-        reaches it, with the same API key, timeout and retries."""
-        if self.base_url is None or self.served_model is None:
-            raise ConfigError("rollout.backend 'vllm' needs rollout.base_url and rollout.served_model")
+    def served(self) -> list[ServedPolicy]:
+        """Every configured server: the `base_url` shorthand first, then `servers`."""
+        shorthand = []
+        if self.base_url is not None and self.served_model is not None:
+            shorthand = [ServedPolicy(base_url=self.base_url, served_model=self.served_model)]
+        return [*shorthand, *self.servers]
+
+    def spec(self, served: ServedPolicy, adapter: str | None = None) -> VLLMModelSpec:
+        """A server as a graph model spec (its base model, or one adapter): the graph's own client then reaches it,
+        with the same API key, timeout and retries."""
         return VLLMModelSpec(
             backend="vllm",
-            base_url=self.base_url,
-            model=self.served_model,
+            base_url=served.base_url,
+            model=served.served_model,
             adapter=adapter,
             api_key_env=self.api_key_env,
             timeout_s=self.timeout_s,
         )
+
+    def server(self, adapter: str | None = None) -> VLLMModelSpec:
+        """The first server as a model spec (the one `local` rolls out on)."""
+        served = self.served()
+        if not served:
+            raise ConfigError("rollout.backend 'vllm' needs rollout.base_url and rollout.served_model")
+        return self.spec(served[0], adapter)
 
 
 class AlgorithmConfig(_Section):
@@ -112,9 +154,31 @@ class OptimConfig(_Section):
     logprob_chunk: int = Field(1024, ge=1, description="tokens per LM-head chunk")
 
 
+class ClusterConfig(_Section):
+    """`trainer: openrlhf`: each policy trained by OpenRLHF's DeepSpeed policy actors on a Ray cluster, with a frozen
+    reference group for the KL term; rollouts on vLLM servers (`rollout`)."""
+
+    ray_address: str | None = Field(None, description="None: $RAY_ADDRESS if set, else a new local Ray cluster")
+    runtime_env: dict[str, Any] = Field(default_factory=dict, description="Ray runtime_env for ray.init")
+    gpus_per_policy: int = Field(1, ge=1, description="DeepSpeed ranks (one GPU each) of every policy group")
+    nodes_per_policy: int = Field(1, ge=1)
+    zero_stage: Literal[0, 1, 2, 3] = 2
+    param_dtype: Literal["bf16", "fp16", "fp32"] = "bf16"
+    colocate_reference: bool = Field(True, description="the reference shares its policy's GPUs")
+    adam_offload: bool = Field(False, description="optimizer states on the CPU (DeepSpeed CPU Adam)")
+    rows_per_micro_batch: int = Field(1, ge=1, description="rows of one forward/backward on a rank")
+    max_rows_per_rank: int | None = Field(
+        None, ge=1, description="rows a rank takes per optimizer step (DeepSpeed fixes it); None: the worst case"
+    )
+    openrlhf_args: list[str] = Field(default_factory=list, description="more OpenRLHF flags, e.g. --ds.zpg 8")
+
+
 class TrainConfig(_Section):
     """Validated `train.yaml`. `graph` is a graph config (inline, or a path to one) whose models are the policies."""
 
+    trainer: Literal["local", "openrlhf"] = Field(
+        "local", description="local: one process (CPU or one GPU); openrlhf: DeepSpeed actors on a Ray cluster"
+    )
     run_dir: Path = Path("runs/train")
     run_name: str | None = Field(None, description="name in the trace store; default: the run_dir's name")
     seed: int = 0
@@ -127,6 +191,7 @@ class TrainConfig(_Section):
     rollout: RolloutConfig = RolloutConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     optim: OptimConfig = OptimConfig()
+    cluster: ClusterConfig = ClusterConfig()
     traces: bool = Field(True, description="record rollouts, rewards and training rows in run_dir/traces.sqlite")
     tensorboard: bool = True
 
@@ -150,14 +215,39 @@ class TrainConfig(_Section):
                 f"policy.mode {self.policy.mode!r} runs every role on one model, but graph.roles map to "
                 f"{sorted({graph.roles[r].model for r in ROLES})}; use mode 'separate' or one `models` entry"
             )
-        rollout = self.rollout
-        served = rollout.base_url and rollout.served_model
-        if rollout.backend == "vllm" and (self.policy.mode != "lora" or not served):
-            raise ValueError(
-                "rollout.backend 'vllm' needs policy.mode 'lora', rollout.base_url and rollout.served_model (the base "
-                "model's --served-model-name; the trainer loads each role's adapter under the role's name)"
-            )
+        self._check_rollouts()
         return self
+
+    def _check_rollouts(self) -> None:
+        rollout, mode = self.rollout, self.policy.mode
+        if rollout.backend == "in_process":
+            if self.trainer == "openrlhf":
+                raise ValueError("trainer 'openrlhf' rolls out on vLLM servers: set rollout.backend 'vllm'")
+            return
+        served = rollout.served()
+        if not served and rollout.launch is None:
+            raise ValueError(
+                "rollout.backend 'vllm' needs servers: rollout.base_url + served_model, or rollout.servers"
+            )
+        if rollout.launch is not None and self.trainer != "openrlhf":
+            raise ValueError("rollout.launch starts servers on a Ray cluster: it needs trainer 'openrlhf'")
+        launched = set(ROLES) if rollout.launch is not None and mode != "separate" else set()
+        if rollout.launch is not None and mode == "separate":
+            launched = set(self.policy.train_roles)  # a server per trained role's policy; frozen roles need URLs
+        for role in ROLES:
+            if role not in launched and not any(role in server.roles for server in served):
+                raise ValueError(
+                    f"no server in rollout.servers serves role {role}"
+                    + (" (rollout.launch starts servers for the trained roles only)" if launched else "")
+                )
+        if mode == "separate":
+            for server in served:
+                trained = [role for role in server.roles if role in self.policy.train_roles]
+                if len(trained) > 1:
+                    raise ValueError(
+                        f"{server.base_url} serves the trained roles {trained}, but in separate mode each has a model "
+                        "of its own: give every trained role servers of its own"
+                    )
 
     @property
     def graph_config(self) -> GraphConfig:

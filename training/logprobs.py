@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 from torch.utils.checkpoint import checkpoint
-from transformers import AttentionInterface
+from transformers import AttentionInterface, ProcessorMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
@@ -87,15 +87,15 @@ def use_packed_sdpa(model: torch.nn.Module) -> None:
     base_model(model).set_attn_implementation(PACKED_SDPA)
 
 
-def image_inputs(loaded: LoadedModel, images: Sequence[PreparedImage]) -> dict[str, torch.Tensor]:
-    """Pixel inputs for one row's images, from the same image processor (same settings) generation used."""
+def image_inputs(processor: ProcessorMixin | None, images: Sequence[PreparedImage]) -> dict[str, torch.Tensor]:
+    """Pixel inputs for one row's images (CPU tensors), from the image processor generation used: same settings,
+    same pixels, so the image tokens in the recorded prompt ids get the features they were generated with."""
     if not images:
         return {}
-    if loaded.processor is None:
-        raise ValueError(f"a {loaded.model_type} model has no image processor, but the row has {len(images)} images")
-    processed = loaded.processor.image_processor(images=[[image.to_pil() for image in images]], return_tensors="pt")
-    device = loaded.model.device
-    return {k: v.to(device) for k, v in processed.items() if isinstance(v, torch.Tensor)}
+    if processor is None:
+        raise ValueError(f"a model without an image processor cannot take a row with {len(images)} images")
+    processed = processor.image_processor(images=[[image.to_pil() for image in images]], return_tensors="pt")
+    return {k: v for k, v in processed.items() if isinstance(v, torch.Tensor)}
 
 
 @dataclass
@@ -162,7 +162,8 @@ def _model_kwargs(loaded: LoadedModel, batch: MicroBatch, input_ids: torch.Tenso
         image_token_id = base_model(loaded.model).config.image_token_id
         kwargs["mm_token_type_ids"] = (input_ids == image_token_id).int()
         kwargs["attention_mask"] = torch.ones_like(input_ids)
-    kwargs.update(image_inputs(loaded, batch.rows[0].images))
+    device = input_ids.device
+    kwargs.update({k: v.to(device) for k, v in image_inputs(loaded.processor, batch.rows[0].images).items()})
     return kwargs
 
 

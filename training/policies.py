@@ -34,12 +34,15 @@ class Policy:
     adapter: str | None = None
     reference: LoadedModel | None = None  # None: the base with adapters off (lora), or no KL term
 
-    def parameters(self) -> list[torch.nn.Parameter]:
+    def named_parameters(self) -> list[tuple[str, torch.nn.Parameter]]:
         """The parameters this policy trains (an adapter's own LoRA weights, or every weight of its model)."""
         named = self.loaded.model.named_parameters()
         if self.adapter is None:
-            return [p for _, p in named]
-        return [p for n, p in named if "lora_" in n and f".{self.adapter}." in n]
+            return list(named)
+        return [(n, p) for n, p in named if "lora_" in n and f".{self.adapter}." in n]
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return [p for _, p in self.named_parameters()]
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         ids = {id(p) for p in self.parameters()}
@@ -90,16 +93,31 @@ class PolicySet:
         for name, policy in self.policies.items():
             policy.load_state_dict(state[name])
 
-    def save_adapters(self, out_dir: Path) -> dict[str, Path]:
-        """lora mode: each trained adapter as a PEFT folder `out_dir/<adapter>` (what vLLM loads); name -> folder."""
+    def save_weights(self, out_dir: Path) -> dict[str, Path]:
+        """Each trained policy as a folder a vLLM server loads: a PEFT adapter per role in lora mode (named after the
+        adapter), else the whole model as a Hugging Face folder (named after the policy). Name -> folder."""
         folders = {}
-        for policy in self.policies.values():
-            if policy.adapter is None:
-                raise ValueError("only LoRA policies can be saved as adapters")
-            policy.loaded.model.save_pretrained(out_dir, selected_adapters=[policy.adapter])
-            # PEFT writes an adapter other than "default" into a subfolder named after it.
-            folders[policy.adapter] = out_dir / policy.adapter
+        for name, policy in self.policies.items():
+            if policy.adapter is not None:
+                policy.loaded.model.save_pretrained(out_dir, selected_adapters=[policy.adapter])
+                # PEFT writes an adapter other than "default" into a subfolder named after it.
+                folders[policy.adapter] = out_dir / policy.adapter
+            else:
+                policy.loaded.model.save_pretrained(out_dir / name)
+                folders[name] = out_dir / name
         return folders
+
+
+# Biases and normalisation weights take no weight decay (OpenRLHF's list, so both trainers decay the same tensors).
+NO_DECAY = ("bias", "layer_norm.weight", "layernorm.weight", "norm.weight", "ln_f.weight")
+
+
+def optimizer_groups(policies: PolicySet, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups over every policy: decayed weights, and biases/norm weights without decay."""
+    named = [(n, p) for policy in policies.policies.values() for n, p in policy.named_parameters()]
+    decayed = [p for n, p in named if not any(part in n for part in NO_DECAY)]
+    plain = [p for n, p in named if any(part in n for part in NO_DECAY)]
+    return [{"params": decayed, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
 
 
 def _load(

@@ -14,10 +14,12 @@ from dataclasses import dataclass
 
 from emo_r3.agents.call_record import Role
 from emo_r3.agents.chat_model import ChatModel
+from emo_r3.evals.datasets import load_dataset
 from emo_r3.evals.items import EvalItem
 from emo_r3.graphs.config import GraphConfig
 from emo_r3.graphs.emotion_graph import EmotionGraph
 from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
+from emo_r3.training.config import TrainConfig
 
 
 @dataclass
@@ -29,8 +31,8 @@ class Rollout:
     result: EmotionResult
 
 
-def sample_seed(seed: int, step: int, slot: int, sample: int, role: Role) -> int:
-    """A 31-bit seed unique to (run seed, step, prompt slot, sample, role)."""
+def sample_seed(seed: int, step: int, slot: int, sample: int, role: str) -> int:
+    """A 31-bit seed unique to (run seed, step, prompt slot, sample, role or other use)."""
     digest = hashlib.sha256(f"{seed}:{step}:{slot}:{sample}:{role}".encode()).digest()
     return int.from_bytes(digest[:4], "little") & 0x7FFFFFFF
 
@@ -57,9 +59,13 @@ def prompt_indices(num_items: int, per_step: int, step: int, seed: int) -> list[
     return indices
 
 
+class TrainingError(RuntimeError):
+    """Training cannot go on (e.g. every rollout of a step failed); checkpoints written so far are kept."""
+
+
 async def rollout_step(
     config: GraphConfig,
-    models: Mapping[Role, ChatModel],
+    model_sets: Sequence[Mapping[Role, ChatModel]],
     items: Sequence[EvalItem],
     *,
     group_size: int,
@@ -67,16 +73,56 @@ async def rollout_step(
     step: int,
     max_concurrency: int,
 ) -> list[Rollout]:
-    """Run every item `group_size` times through the graph; results in (item, sample) order, errors included."""
-    semaphore = asyncio.Semaphore(max_concurrency)
+    """Run every item `group_size` times through the graph; results in (item, sample) order, errors included.
 
-    async def one(slot: int, item: EvalItem, sample: int) -> Rollout:
+    Run k uses `model_sets[k % len(model_sets)]`: several copies of the policies (e.g. one vLLM server each) share
+    the step's runs evenly. Every call is stamped with the weights it was sampled from (`step-<step>`).
+    """
+    semaphore = asyncio.Semaphore(max_concurrency)
+    jobs = [(slot, item, sample) for slot, item in enumerate(items) for sample in range(group_size)]
+
+    async def one(index: int, slot: int, item: EvalItem, sample: int) -> Rollout:
+        models = model_sets[index % len(model_sets)]
         graph = EmotionGraph(seeded_config(config, seed, step, slot, sample), models)
         query = EmotionQuery(
             id=item.id, images=[item.image], text=item.text, label_set=item.candidates or item.label_set
         )
         async with semaphore:
-            return Rollout(item=item, sample=sample, result=await graph.arun(query))
+            result = await graph.arun(query)
+        for call in result.trajectory.calls if result.trajectory else ():
+            call.weight_version = f"step-{step}"
+        return Rollout(item=item, sample=sample, result=result)
 
-    jobs = [one(slot, item, sample) for slot, item in enumerate(items) for sample in range(group_size)]
-    return list(await asyncio.gather(*jobs))
+    return list(await asyncio.gather(*(one(index, *job) for index, job in enumerate(jobs))))
+
+
+def usable(rollouts: list[Rollout], step: int) -> list[Rollout]:
+    """The step's rollouts, unless none finished: then stop, saying why (a dead server must not train on nothing)."""
+    if rollouts and all(not r.result.ok for r in rollouts):
+        first = rollouts[0].result
+        raise TrainingError(
+            f"step {step}: all {len(rollouts)} rollouts failed, e.g. {first.termination}: {first.error}; fix the "
+            "cause and run the same command again to resume from the last checkpoint"
+        )
+    return rollouts
+
+
+def training_items(config: TrainConfig) -> list[EvalItem]:
+    """The dataset's usable items, read by the evaluation loaders; TrainingError when there are none."""
+    data = config.data
+    dataset = load_dataset(data.kind, data.path, split=data.split, limit=data.limit, seed=config.seed)
+    if not dataset.items:
+        raise TrainingError(f"dataset {data.kind}:{data.path} (split {data.split}) has no usable items")
+    return dataset.items
+
+
+async def step_rollouts(
+    config: TrainConfig, items: Sequence[EvalItem], model_sets: Sequence[Mapping[Role, ChatModel]], step: int
+) -> list[Rollout]:
+    """The rollouts of training step `step`: its prompts (the data position is the step), `group_size` runs each."""
+    algo = config.algorithm
+    chosen = [items[i] for i in prompt_indices(len(items), algo.prompts_per_step, step, config.seed)]
+    return await rollout_step(
+        config.graph_config, model_sets, chosen, group_size=algo.group_size, seed=config.seed, step=step,
+        max_concurrency=config.rollout.max_concurrency,
+    )  # fmt: skip

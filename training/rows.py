@@ -43,6 +43,13 @@ class TrainingRow(BaseModel):
         return len(self.prompt_token_ids) + len(self.completion_token_ids)
 
 
+RowKey = tuple[str, int]  # (trajectory id, call index): a row's identity, and its call's in the trace store
+
+
+def row_key(row: TrainingRow) -> RowKey:
+    return (row.trajectory_id, row.call_idx)
+
+
 class RowError(ValueError):
     """A recorded call that cannot be trained on token-exactly (e.g. a backend that returned no ids)."""
 

@@ -16,13 +16,7 @@ from emo_r3.training.config import AlgorithmConfig, OptimConfig
 from emo_r3.training.logprobs import micro_batch_logprobs, micro_batches
 from emo_r3.training.losses import kl_loss, policy_loss
 from emo_r3.training.policies import Policy, PolicySet
-from emo_r3.training.rows import TrainingRow, rows_by_policy
-
-RowKey = tuple[str, int]
-
-
-def row_key(row: TrainingRow) -> RowKey:
-    return (row.trajectory_id, row.call_idx)
+from emo_r3.training.rows import RowKey, TrainingRow, row_key, rows_by_policy
 
 
 def token_weights(rows: Sequence[TrainingRow], aggregation: str) -> tuple[list[float], float]:

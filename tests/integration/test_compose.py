@@ -149,3 +149,34 @@ def test_models_and_offline_mode_are_overridable():
     assert vllm["environment"]["HF_HUB_OFFLINE"] == "0"
     assert vllm["command"][0] == "/models/my-checkpoint"
     assert vllm["deploy"]["resources"]["reservations"]["devices"][0]["device_ids"] == ["1"]
+
+
+def _ray_service(service: dict[str, Any]) -> None:
+    """A Ray node for `trainer: openrlhf`: built on the pinned vLLM image, on the host's network, all its GPUs."""
+    dockerfile = service["build"]["dockerfile_inline"]
+    base = re.search(r"^FROM (\S+)$", dockerfile, re.MULTILINE)
+    assert base and PINNED_IMAGE.match(base.group(1)), dockerfile
+    assert "openrlhf==0.11.2" in dockerfile and "--no-deps" in dockerfile and ".[local,cluster]" in dockerfile
+    assert service["network_mode"] == "host" and service["ipc"] == "host"
+    devices = service["deploy"]["resources"]["reservations"]["devices"]
+    assert devices == [{"driver": "nvidia", "count": -1, "capabilities": ["gpu"]}]
+    assert {v["target"] for v in service["volumes"]} >= {"/src/runs", "/data", service["environment"]["HF_HOME"]}
+
+
+def test_cluster_profile_starts_a_ray_head_with_the_jobs_api():
+    services = resolved("cluster")["services"]
+    assert set(services) == {"vllm", "app", "ray-head"}
+    head = services["ray-head"]
+    _ray_service(head)
+    command = head["command"]
+    assert command[:4] == ["ray", "start", "--head", "--block"]
+    assert flag(command, "--port") == "6379" and flag(command, "--dashboard-port") == "8265"
+    assert "ray status" in " ".join(head["healthcheck"]["test"])
+
+
+def test_cluster_worker_profile_joins_the_head_given_by_address():
+    services = resolved("cluster-worker", env={"EMO_R3_RAY_HEAD": "10.0.0.5:6379"})["services"]
+    worker = services["ray-worker"]
+    _ray_service(worker)
+    assert worker["command"][:2] == ["ray", "start"] and flag(worker["command"], "--address") == "10.0.0.5:6379"
+    assert "ray-head" not in services

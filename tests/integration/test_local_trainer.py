@@ -14,45 +14,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
 from repo import ROOT, SUPPORT
+from train_configs import tiny_train_config as train_config
 
 from emo_r3.graphs.traces.store import TraceStore, TraceStoreError
 from emo_r3.training.config import TrainConfig
 from emo_r3.training.local_trainer import LocalTrainer
-
-
-@pytest.fixture(scope="module")
-def one_image_dataset(tmp_path_factory: pytest.TempPathFactory, bundled_images: dict[str, Path]) -> Path:
-    """An FI-layout dataset of one small picture labelled `contentment`."""
-    root = tmp_path_factory.mktemp("train-data")
-    (root / "contentment").mkdir()
-    Image.open(bundled_images["astronaut"]).resize((64, 48)).save(root / "contentment" / "astronaut.png")
-    return root
-
-
-def train_config(run_dir: Path, data: Path, *, mode: str, **overrides: object) -> dict:
-    """A fast config: one prompt per step, 8 rollouts, short answers, and the verifiable `names_gold_label` reward."""
-    sampling = {"temperature": 1.0, "max_tokens": 4}
-    config: dict = {
-        "run_dir": str(run_dir),
-        "seed": 0,
-        "steps": 10,
-        "save_every": 100,
-        "data": {"kind": "fi", "path": str(data), "split": "all"},
-        "graph": {
-            "max_rounds": 0,
-            "models": {"default": {"path": "offline:tiny-idefics3"}},
-            "roles": {role: {"sampling": sampling} for role in ("perceiver", "reasoner", "reflector")},
-        },
-        "policy": {"mode": mode},
-        "algorithm": {"group_size": 8, "prompts_per_step": 1, "reward_fn": "train_rewards:names_gold_label"},
-        "optim": {"lr": 3e-3},
-        "tensorboard": False,
-    }
-    for key, value in overrides.items():
-        config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value
-    return config
 
 
 def rewards_of(history: list[dict[str, float]]) -> list[float]:
@@ -126,23 +93,6 @@ def test_an_invalid_config_names_the_field(tmp_path: Path, one_image_dataset: Pa
     result = subprocess.run(_train_command(path), capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert "algorithm.group_size" in result.stderr and "Traceback" not in result.stderr
-
-
-def test_a_step_whose_rollouts_all_failed_stops_training() -> None:
-    from emo_r3.evals.items import EvalItem
-    from emo_r3.graphs.trajectory import EmotionResult
-    from emo_r3.training.local_trainer import TrainingError, _usable
-    from emo_r3.training.rollouts import Rollout
-
-    item = EvalItem(id="a", image=b"", label="awe", label_set="mikels8")
-    failed = EmotionResult(
-        query_id="a", label=None, label_set="mikels8", termination="error", error="vLLM server unreachable"
-    )
-    ok = failed.model_copy(update={"termination": "accepted", "error": None, "label": "awe"})
-    rollouts = [Rollout(item, sample, failed) for sample in range(3)]
-    with pytest.raises(TrainingError, match=r"all 3 rollouts failed.*vLLM server unreachable"):
-        _usable(rollouts, step=4)
-    assert _usable([*rollouts, Rollout(item, 3, ok)], step=4)
 
 
 def _train_command(config_path: Path) -> list[str]:

@@ -76,6 +76,12 @@ def test_the_wheel_installs_emo_r3_alone_with_its_licence_and_types(wheel: Path)
     assert not any(name.startswith("emo_r3/__init__") for name in names)  # an implicit namespace
     for package in ("agents", "graphs", "training", "evals", "prompts"):
         assert f"emo_r3/{package}/py.typed" in names
+    sources = {
+        f"emo_r3/{path.relative_to(ROOT).as_posix()}"
+        for package in ("agents", "graphs", "training", "evals", "prompts")
+        for path in (ROOT / package).rglob("*.py")
+    }
+    assert sources - set(names) == set()  # every module of the tree ships (a package left out of pyproject would not)
     assert "emo_r3/prompts/templates/v1/reasoner.j2" in names
     assert "emo_r3/graphs/traces/viewer/templates/viewer.css" in names
     licence = [name for name in names if name.endswith(".dist-info/licenses/LICENSE")]

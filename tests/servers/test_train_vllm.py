@@ -153,8 +153,9 @@ def trained(
     folder = tmp_path_factory.mktemp("train-vllm")
     config = _config(folder / "run", _dataset(folder / "data", bundled_images), lora_server.base_url)
     trainer = LocalTrainer(config, cache_dir=model_cache)
-    recorders = {role: RecordingModel(model) for role, model in trainer.models.items()}
-    trainer.models = dict(recorders)
+    [models] = trainer.model_sets
+    recorders = {role: RecordingModel(model) for role, model in models.items()}
+    trainer.model_sets = [dict(recorders)]
     record = Trained(trainer, prompts={}, base={})
     record.initial_b = {role: _lora_b(trainer, role) for role in ROLES}
     base = _served(lora_server.base_url, None)
@@ -185,13 +186,13 @@ def test_rollouts_were_served_by_vllm_with_the_role_adapters(trained: Trained, l
     # The server now serves each role from the folder the trainer saved after its last step.
     cards = httpx.get(f"{lora_server.base_url}/v1/models", timeout=10).json()["data"]
     roots = {card["id"]: card["root"] for card in cards}
-    last = trainer.run_dir / "adapters" / f"step-{STEPS:08d}"
+    last = trainer.run_dir / "served" / f"step-{STEPS:08d}"
     assert {role: roots.get(role) for role in ROLES} == {role: str((last / role).absolute()) for role in ROLES}
 
 
 def test_training_changed_every_adapter_and_the_synced_files(trained: Trained) -> None:
     trainer = trained.trainer
-    last = trainer.run_dir / "adapters" / f"step-{STEPS:08d}"
+    last = trainer.run_dir / "served" / f"step-{STEPS:08d}"
     for role in ROLES:
         initial, now = trained.initial_b[role], _lora_b(trainer, role)
         assert initial and all(not t.any() for t in initial.values()), f"{role}: LoRA B should start at zero"

@@ -12,8 +12,8 @@ from emo_r3.training.config import AlgorithmConfig, OptimConfig
 from emo_r3.training.logprobs import micro_batches, use_packed_sdpa
 from emo_r3.training.losses import kl_loss, policy_loss
 from emo_r3.training.policies import Policy, PolicySet
-from emo_r3.training.rows import TrainingRow
-from emo_r3.training.update import frozen_logprobs, row_key, token_weights, update
+from emo_r3.training.rows import TrainingRow, row_key
+from emo_r3.training.update import frozen_logprobs, token_weights, update
 
 VOCAB = 64
 

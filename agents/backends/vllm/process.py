@@ -29,6 +29,7 @@ from typing import Any
 import httpx
 
 RUNTIME_LORA_UPDATING = "VLLM_ALLOW_RUNTIME_LORA_UPDATING"
+DEV_MODE = "VLLM_SERVER_DEV_MODE"
 # The CPU build's defaults (ignored by GPU builds): a 2 GiB KV cache, offline, runtime LoRA updates allowed.
 DEFAULT_ENV = {
     "VLLM_CPU_KVCACHE_SPACE": "2",
@@ -63,15 +64,22 @@ class VLLMProcess:
     max_lora_rank: int = 8
     # VLLM_ALLOW_RUNTIME_LORA_UPDATING=1, which adds /v1/load_lora_adapter; False removes it (the endpoint 404s).
     runtime_lora_updating: bool = True
+    # VLLM_SERVER_DEV_MODE=1: the routes that reload full weights in place (and arbitrary RPC: loopback only).
+    dev_mode: bool = False
     max_model_len: int = 2048
     images_per_prompt: int = 2
     dtype: str = "float32"
+    # CUDA graphs off: the CPU build has none, and tests start faster; a GPU server serves faster with them.
+    enforce_eager: bool = True
     # Off by default: in the CPU build (0.32) a seeded request whose prefill is split over two steps kills the
     # engine ("CPU Generator does not use offset"), which a burst of seeded requests over the token budget does.
     chunked_prefill: bool = False
     extra_args: Sequence[str] = ()
     env: Mapping[str, str] = field(default_factory=dict)
     log_path: Path | None = None  # None: a temporary file, kept after stop for post-mortems
+    # Linux: the server gets SIGTERM when the process that started it dies, even by SIGKILL (a Ray actor that runs it
+    # dies with its driver; the server must not outlive it holding a GPU).
+    die_with_parent: bool = False
     _process: subprocess.Popen[bytes] | None = field(default=None, init=False, repr=False)
 
     @property
@@ -96,9 +104,11 @@ class VLLMProcess:
             str(self.python), "-m", "vllm.entrypoints.openai.api_server",
             "--model", str(self.model_dir), "--served-model-name", self.served_name,
             "--host", self.host, "--port", str(self.port),
-            "--dtype", self.dtype, "--enforce-eager", "--max-model-len", str(self.max_model_len),
+            "--dtype", self.dtype, "--max-model-len", str(self.max_model_len),
             "--limit-mm-per-prompt", f'{{"image": {self.images_per_prompt}}}',
         ]  # fmt: skip
+        if self.enforce_eager:
+            command.append("--enforce-eager")
         if not self.chunked_prefill:
             command.append("--no-enable-chunked-prefill")
         if self.lora_modules or self.max_loras is not None:
@@ -117,6 +127,8 @@ class VLLMProcess:
         environment = {**defaults, **os.environ, **self.env}
         if not self.runtime_lora_updating:
             environment.pop(RUNTIME_LORA_UPDATING, None)
+        if self.dev_mode:
+            environment[DEV_MODE] = "1"
         return environment
 
     def start(self) -> VLLMProcess:
@@ -133,6 +145,7 @@ class VLLMProcess:
             self._process = subprocess.Popen(
                 self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=self.environment(), start_new_session=True,
+                preexec_fn=_terminate_with_parent if self.die_with_parent else None,
             )  # fmt: skip
         return self
 
@@ -242,3 +255,11 @@ def _tiny_png_url() -> str:
     buffer = io.BytesIO()
     Image.new("RGB", (32, 32), (128, 96, 64)).save(buffer, format="PNG")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _terminate_with_parent() -> None:
+    """In the child before exec: ask Linux for SIGTERM when the parent dies (prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(pr_set_pdeathsig, signal.SIGTERM)
