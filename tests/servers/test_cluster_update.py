@@ -4,7 +4,8 @@ The rows come from a real rollout step of the graph (in-process, token-exact): c
 consistency check) and text-only calls (the coherence check). The cluster side is what `trainer: openrlhf` runs: two
 ranks per policy group on a Ray cluster with fake GPUs (ZeRO-2, gloo, float32), a reference group for the k3 KL
 term, the asymmetric clip, dual clip and truncated IS on. Both must give the same loss, gradient norm and updated
-weights.
+weights, in each policy mode: shared (every role's rows), lora (the reflector's adapter) and separate (the
+reflector's own model).
 
 The full-weight cases train the vision tower too (the paper's recipe), with image and text-only rows spread over
 the two ranks: the case that crashed gloo (or could silently mix up gradients) before rows were dealt kind by kind.
@@ -49,10 +50,14 @@ def _config(run_dir: Path, data: Path, model: str, mode: str, cluster: RayCluste
             "data": {"kind": "fi", "path": str(data), "split": "all"},
             "graph": {
                 "max_rounds": 0,
-                "models": {"default": {"path": f"offline:{model}"}},
-                "roles": {role: {"sampling": sampling} for role in ("perceiver", "reasoner", "reflector")},
+                # separate mode: the reflector has a model of its own (the same file, loaded twice)
+                "models": {"default": {"path": f"offline:{model}"}, "judge": {"path": f"offline:{model}"}},
+                "roles": {
+                    "perceiver": {"sampling": sampling}, "reasoner": {"sampling": sampling},
+                    "reflector": {"sampling": sampling, "model": "judge" if mode == "separate" else "default"},
+                },
             },
-            "policy": {"mode": mode, "lora": lora, **({"train_roles": ["reflector"]} if mode == "lora" else {})},
+            "policy": {"mode": mode, "lora": lora, **({"train_roles": ["reflector"]} if mode != "shared" else {})},
             # Never contacted: the rows come from in-process rollouts.
             "rollout": {"backend": "vllm", "base_url": "http://127.0.0.1:9", "served_model": "unused"},
             "algorithm": {
@@ -100,7 +105,8 @@ def _step(config: TrainConfig) -> Stepped:
     )
     rows = step_rows(scored, policy_of)
 
-    model_dir = resolve_model_dir(config.graph_config.models["default"].path)
+    graph = config.graph_config
+    model_dir = resolve_model_dir(graph.models[graph.roles[next(iter(policy_of))].model].path)
     groups = start_groups(config, {name: model_dir}, policy_of)
     try:
         before = _local_names(groups[name].trained_state(), policy.adapter)
@@ -128,7 +134,12 @@ def _processor(model_dir: Path):
     return load_processor(model_dir, json.loads((model_dir / "config.json").read_text())["model_type"])
 
 
-CASES = [("tiny-idefics3", "shared"), ("tiny-qwen2.5-vl", "shared"), ("tiny-idefics3", "lora")]
+CASES = [
+    ("tiny-idefics3", "shared"),
+    ("tiny-qwen2.5-vl", "shared"),
+    ("tiny-idefics3", "lora"),
+    ("tiny-idefics3", "separate"),
+]
 
 
 @pytest.fixture(scope="module", params=CASES, ids=[f"{model}-{mode}" for model, mode in CASES])
