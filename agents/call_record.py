@@ -38,6 +38,7 @@ class LLMCall(BaseModel):
     finish_reason: FinishReason = "error"
     usage: Usage | None = None
     latency_s: float = 0.0
+    queue_s: float = Field(0.0, description="time waiting for a batch slot before generation (in-process batching)")
     parsed: dict[str, Any] | None = None
     error: str | None = None
 
@@ -54,5 +55,6 @@ class LLMCall(BaseModel):
             finish_reason=completion.finish_reason,
             usage=completion.usage,
             latency_s=completion.latency_s,
+            queue_s=completion.queue_s,
             **fields,
         )

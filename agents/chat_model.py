@@ -72,7 +72,8 @@ class Completion(BaseModel, frozen=True):
     logprob_mode: LogprobMode = "raw_logprobs"
     finish_reason: FinishReason
     usage: Usage
-    latency_s: float
+    latency_s: float = Field(description="time generating (for a batched call: its batch's generation)")
+    queue_s: float = Field(0.0, description="time waiting for a batch slot before generation started")
     model_id: str
     adapter: str | None = Field(None, description="the LoRA adapter that served the call, if any")
 

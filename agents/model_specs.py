@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
+from emo_r3.agents.backends.transformers.batching import BatchSettings
 from emo_r3.agents.backends.vllm.chat import VLLMChatModel
 from emo_r3.agents.chat_model import ChatModel
 
@@ -34,6 +35,9 @@ class TransformersModelSpec(BaseModel):
     device: str = Field("auto", description="auto = cuda if available, else cpu; or e.g. cuda:1")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU"
+    )
+    batching: BatchSettings = Field(
+        default_factory=BatchSettings, description="concurrent calls share forward passes; max_size 1 turns it off"
     )
 
 
@@ -98,7 +102,9 @@ def load_chat_model(spec: TransformersModelSpec | VLLMModelSpec, *, cache_dir: P
 
     device, dtype = device_and_dtype(spec)
     folder = resolve_model_dir(spec.path, cache_dir)
-    return TransformersChatModel.from_dir(folder, model_id=spec.path, device=device, dtype=dtype)
+    return TransformersChatModel.from_dir(
+        folder, model_id=spec.path, device=device, dtype=dtype, batching=spec.batching
+    )
 
 
 def device_and_dtype(spec: TransformersModelSpec) -> tuple[str, torch.dtype]:

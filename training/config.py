@@ -90,7 +90,7 @@ class RolloutConfig(_Section):
     )
     api_key_env: str | None = Field(None, description="environment variable holding the servers' API key")
     timeout_s: float = Field(300.0, gt=0)
-    max_concurrency: int = Field(8, ge=1, description="graph runs in flight at once")
+    max_concurrency: int = Field(16, ge=1, description="graph runs in flight at once (in-process: up to a batch)")
 
     def served(self) -> list[ServedPolicy]:
         """Every configured server: the `base_url` shorthand first, then `servers`."""

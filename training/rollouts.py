@@ -12,13 +12,18 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from pydantic import ValidationError
+
 from emo_r3.agents.call_record import Role
 from emo_r3.agents.chat_model import ChatModel
+from emo_r3.agents.images import ImageError
 from emo_r3.evals.datasets import load_dataset
 from emo_r3.evals.items import EvalItem
 from emo_r3.graphs.config import GraphConfig
 from emo_r3.graphs.emotion_graph import EmotionGraph
+from emo_r3.graphs.state import PreparedQuery
 from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
+from emo_r3.prompts import UnknownLabelSetError
 from emo_r3.training.config import TrainConfig
 
 
@@ -79,21 +84,35 @@ async def rollout_step(
     the step's runs evenly. Every call is stamped with the weights it was sampled from (`step-<step>`).
     """
     semaphore = asyncio.Semaphore(max_concurrency)
+    queries = [
+        EmotionQuery(id=item.id, images=[item.image], text=item.text, label_set=item.candidates or item.label_set)
+        for item in items
+    ]
+    preparer = EmotionGraph(config, model_sets[0])
+    prepared = await asyncio.gather(*(asyncio.to_thread(_prepared, preparer, query) for query in queries))
+    # Slot-major: a prompt's samples start together, so an in-process model batches them.
     jobs = [(slot, item, sample) for slot, item in enumerate(items) for sample in range(group_size)]
 
     async def one(index: int, slot: int, item: EvalItem, sample: int) -> Rollout:
         models = model_sets[index % len(model_sets)]
         graph = EmotionGraph(seeded_config(config, seed, step, slot, sample), models)
-        query = EmotionQuery(
-            id=item.id, images=[item.image], text=item.text, label_set=item.candidates or item.label_set
-        )
         async with semaphore:
-            result = await graph.arun(query)
+            ready = prepared[slot]
+            result = await (graph.arun_prepared(ready) if ready is not None else graph.arun(queries[slot]))
         for call in result.trajectory.calls if result.trajectory else ():
             call.weight_version = f"step-{step}"
         return Rollout(item=item, sample=sample, result=result)
 
     return list(await asyncio.gather(*(one(index, *job) for index, job in enumerate(jobs))))
+
+
+def _prepared(graph: EmotionGraph, query: EmotionQuery) -> PreparedQuery | None:
+    """The query's images decoded and resized once for all its samples; None when they cannot be (each sample's
+    run then reports the bad input itself)."""
+    try:
+        return graph.prepare(query)
+    except (ImageError, UnknownLabelSetError, ValidationError):
+        return None
 
 
 def usable(rollouts: list[Rollout], step: int) -> list[Rollout]:

@@ -273,6 +273,7 @@ def _call_attributes(
         "emo_r3.node": call.node,
         "emo_r3.round": call.round,
         "emo_r3.latency_s": call.latency_s,
+        "emo_r3.queue_s": call.queue_s,
         "emo_r3.request.min_p": sampling.min_p or None,
         "emo_r3.choices": list(call.choices) if call.choices else None,
         "emo_r3.adapter": call.adapter,

@@ -79,7 +79,7 @@ def call_row(run_id: str, index: int, call: LLMCall) -> tuple[Any, ...]:
         pack_ints(call.prompt_token_ids), pack_ints(call.completion_token_ids), pack_floats(call.logprobs),
         call.logprob_mode, call.finish_reason, call.latency_s,
         call.usage.prompt_tokens if call.usage else None, call.usage.completion_tokens if call.usage else None,
-        json.dumps(call.parsed) if call.parsed is not None else None, call.error,
+        json.dumps(call.parsed) if call.parsed is not None else None, call.error, call.queue_s,
     )  # fmt: skip
 
 
@@ -97,7 +97,8 @@ def call_from_row(row: sqlite3.Row) -> LLMCall:
             "prompt_token_ids": unpack_ints(row["prompt_ids"]),
             "completion_token_ids": unpack_ints(row["completion_ids"]),
             "logprobs": unpack_floats(row["logprobs"]), "logprob_mode": row["logprob_mode"],
-            "finish_reason": row["finish_reason"], "latency_s": row["latency_s"], "usage": usage,
+            "finish_reason": row["finish_reason"], "latency_s": row["latency_s"], "queue_s": row["queue_s"],
+            "usage": usage,
             "parsed": json.loads(row["parsed"]) if row["parsed"] else None, "error": row["error"],
         }
     )  # fmt: skip

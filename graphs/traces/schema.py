@@ -94,6 +94,10 @@ MIGRATIONS: list[str] = [
         PRIMARY KEY (run_name, step, run_id, call_idx)
     );
     """,
+    # v2: time a call waited for a batch slot (in-process batching), apart from its generation time
+    """
+    ALTER TABLE calls ADD COLUMN queue_s REAL NOT NULL DEFAULT 0;
+    """,
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -262,7 +262,7 @@ class TraceStore:
             )
             db.executemany("INSERT OR IGNORE INTO images VALUES (?,?,?,?)", thumbnails)
             db.executemany(
-                "INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO calls VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
                 [call_row(run_id, index, call) for index, call in enumerate(calls)],
             )
         self._known_images.update(sha for sha, *_ in thumbnails)  # only once they are committed

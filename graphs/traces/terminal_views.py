@@ -73,7 +73,8 @@ def run_tree(detail: RunDetail, *, full: bool = False) -> Tree:
 def _add_call(parent: Tree, index: int, call: LLMCall, *, full: bool) -> None:
     model = f"{call.model_id}{'@' + call.adapter if call.adapter else ''}"
     tokens = f"{len(call.prompt_token_ids)}→{len(call.completion_token_ids)} tokens"
-    heading = f"#{index} {call.role}/{call.purpose}  {model}  {call.latency_s * 1000:.0f} ms  {tokens}"
+    queued = f" (+{call.queue_s * 1000:.0f} ms queued)" if call.queue_s >= 0.0005 else ""
+    heading = f"#{index} {call.role}/{call.purpose}  {model}  {call.latency_s * 1000:.0f} ms{queued}  {tokens}"
     node = parent.add(data(f"{heading}  finish={call.finish_reason}", "red" if call.error else ""))
     prompt = prompt_text(call)
     images = sum(len(message.images) for message in call.messages)

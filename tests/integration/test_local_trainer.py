@@ -141,7 +141,12 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path, one_image_datase
     straight, killed = _step_metrics(tmp_path / "straight"), _step_metrics(tmp_path / "killed")
     assert sorted(killed) == sorted(straight) == [0, 1, 2, 3, 4]
     for step in (2, 3, 4):
-        assert killed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-9), f"step {step} differs after resume"
+        # Rollout logprobs come from batched generation: which calls share a batch (a matter of timing) moves them by
+        # float noise (~1e-7), and this metric is made of that noise. Sampled tokens, rewards and losses are exact.
+        noise = {k: v for k, v in straight[step].items() if k.startswith("rollout_logprob_abs_diff")}
+        assert {k: killed[step][k] for k in noise} == pytest.approx(noise, abs=1e-5)
+        exact = {k: v for k, v in straight[step].items() if k not in noise}
+        assert {k: killed[step][k] for k in exact} == pytest.approx(exact, rel=1e-6, abs=1e-9), f"step {step} differs"
     assert len({json.dumps(straight[s], sort_keys=True) for s in straight}) == 5  # the steps really differ
 
 

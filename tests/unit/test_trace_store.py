@@ -191,6 +191,33 @@ def test_an_older_schema_read_only_says_how_to_migrate(tmp_path, noise_image, mo
     db.close()
 
 
+def test_queue_and_generation_times_read_back_apart(tmp_path, noise_image):
+    store = TraceStore(tmp_path / "t.sqlite")
+    result = scripted_graph(TraceStore(tmp_path / "first.sqlite")).run(EmotionQuery(images=[noise_image]))
+    for index, call in enumerate(result.trajectory.calls):
+        call.latency_s, call.queue_s = 0.5 + index, 0.125 * index
+    run_id = store.record_run(result, source="run")
+    calls = store.get_run(run_id).result.trajectory.calls
+    assert [(c.latency_s, c.queue_s) for c in calls] == [(c.latency_s, c.queue_s) for c in result.trajectory.calls]
+
+
+def test_a_v1_store_gains_queue_times_on_migration(tmp_path, noise_image):
+    """Stores written before in-process batching (v1: no `calls.queue_s`) migrate in place; old calls read 0."""
+    path = tmp_path / "traces.sqlite"
+    good_store(path, noise_image)
+    with sqlite3.connect(path) as db:
+        db.execute("ALTER TABLE calls DROP COLUMN queue_s")
+        db.execute("PRAGMA user_version = 1")
+    db.close()
+    with TraceStore(path) as store:
+        [run, *_] = store.list_runs()
+        calls = store.get_run(run.id).result.trajectory.calls
+        assert calls and {call.queue_s for call in calls} == {0.0}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+    db.close()
+
+
 # -- a full disk ----------------------------------------------------------------------------------------------------
 
 FULL_AT = 1024 * 1024  # bytes: room for a handful of runs with long texts

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import time
-from collections.abc import Iterator
+import concurrent.futures
+from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from emo_r3.agents.backends.transformers.batching import Batched, BatchSettings
 from emo_r3.agents.backends.transformers.choice_constraint import ChoiceTrie
+from emo_r3.agents.backends.transformers.generation import GeneratedRow, GenerationRequest
 from emo_r3.agents.backends.transformers.loading import LoadedModel, load_hf_model
+from emo_r3.agents.backends.transformers.row_sampling import RowDecoding
 from emo_r3.agents.chat_model import ChatMessage, Completion, ImagePart, ModelCallError, SamplingParams, Usage
 
 
 class TransformersChatModel:
     """A ChatModel that runs a local HF folder (causal LM or image-text model) in this process.
 
-    Calls are serialised on the model's lock: a model instance is not safe to run from two threads at once, and on
-    a small machine one generation at a time is also the fastest. When the model is a peft model with several LoRA
-    adapters (the trainer's `lora` mode), `adapter` picks the one this ChatModel speaks with; None = the base model.
+    Concurrent calls are batched: every ChatModel on one loaded model submits to that model's batcher, which runs
+    calls that can share a forward pass together (see `LoadedModel.batching`). When the model is a peft model with
+    several LoRA adapters (the trainer's `lora` mode), `adapter` picks the one this ChatModel speaks with; None =
+    the base model.
     """
 
     def __init__(self, loaded: LoadedModel, *, model_id: str, adapter: str | None = None) -> None:
@@ -37,9 +40,11 @@ class TransformersChatModel:
         model_id: str | None = None,
         device: str = "cpu",
         dtype: torch.dtype = torch.float32,
+        batching: BatchSettings | None = None,
     ) -> TransformersChatModel:
         path = Path(model_dir)
-        return cls(load_hf_model(path, device=device, dtype=dtype), model_id=model_id or path.name)
+        loaded = load_hf_model(path, device=device, dtype=dtype, batching=batching)
+        return cls(loaded, model_id=model_id or path.name)
 
     @property
     def model_id(self) -> str:
@@ -67,56 +72,48 @@ class TransformersChatModel:
     async def chat(
         self, messages: list[ChatMessage], sampling: SamplingParams, *, choices: list[str] | None = None
     ) -> Completion:
-        return await asyncio.to_thread(self.chat_sync, messages, sampling, choices)
+        request = await asyncio.to_thread(self.request, messages, sampling, choices)
+        future = self._loaded.batcher.submit(request)
+        await asyncio.wait([asyncio.wrap_future(future)])
+        return self._completion(request, future)
 
     def chat_sync(
         self, messages: list[ChatMessage], sampling: SamplingParams, choices: list[str] | None = None
     ) -> Completion:
-        start = time.perf_counter()
-        inputs = self.encode(messages)
-        prompt_ids: list[int] = inputs["input_ids"][0].tolist()
+        request = self.request(messages, sampling, choices)
+        future = self._loaded.batcher.submit(request)
+        concurrent.futures.wait([future])
+        return self._completion(request, future)
+
+    def request(
+        self, messages: list[ChatMessage], sampling: SamplingParams, choices: list[str] | None = None
+    ) -> GenerationRequest:
+        """The call encoded for the batcher: prompt tensors, decoding settings, adapter."""
         constraint = ChoiceTrie(self._choice_sequences(choices), self._loaded.eos_token_ids) if choices else None
+        budget = constraint.max_length if constraint else sampling.max_tokens
+        return GenerationRequest(self.encode(messages), RowDecoding(sampling, constraint, budget), self._adapter)
+
+    def _completion(self, request: GenerationRequest, done: Future[Batched[GeneratedRow]]) -> Completion:
         try:
-            with self._loaded.lock, self._selected_adapter(), torch.inference_mode(), self._loaded.compute():
-                if sampling.seed is not None:
-                    torch.manual_seed(sampling.seed)
-                output = self._loaded.model.generate(
-                    **inputs,
-                    **_generation_kwargs(sampling, self._loaded.eos_token_ids),
-                    max_new_tokens=constraint.max_length if constraint else sampling.max_tokens,
-                    prefix_allowed_tokens_fn=constraint.allowed_fn(len(prompt_ids)) if constraint else None,
-                    return_dict_in_generate=True,
-                    output_logits=True,
-                )
+            batched = done.result()
         except (RuntimeError, ValueError) as error:
             raise ModelCallError(f"{self._model_id}: generation failed: {error}") from error
-        completion_ids, logprobs = _sampled_tokens(output, len(prompt_ids), self._loaded.eos_token_ids)
-        finished = bool(completion_ids) and completion_ids[-1] in self._loaded.eos_token_ids
+        row = batched.result
+        finished = bool(row.completion_ids) and row.completion_ids[-1] in self._loaded.eos_token_ids
+        prompt_ids = request.prompt_ids
         return Completion(
-            text=self._loaded.tokenizer.decode(completion_ids, skip_special_tokens=True),
+            text=self._loaded.tokenizer.decode(row.completion_ids, skip_special_tokens=True),
             prompt_token_ids=prompt_ids,
-            completion_token_ids=completion_ids,
-            logprobs=logprobs,
+            completion_token_ids=row.completion_ids,
+            logprobs=row.logprobs,
             logprob_mode="raw_logprobs",
             finish_reason="stop" if finished else "length",
-            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(completion_ids)),
-            latency_s=time.perf_counter() - start,
+            usage=Usage(prompt_tokens=len(prompt_ids), completion_tokens=len(row.completion_ids)),
+            latency_s=row.latency_s,
+            queue_s=batched.queue_s,
             model_id=self._model_id,
             adapter=self._adapter,
         )
-
-    @contextlib.contextmanager
-    def _selected_adapter(self) -> Iterator[None]:
-        """Activate this ChatModel's LoRA adapter, or switch adapters off for the base model (caller holds the lock)."""
-        model = self._loaded.model
-        if self._adapter is not None:
-            model.set_adapter(self._adapter)
-            yield
-        elif hasattr(model, "disable_adapter"):  # a peft model asked for its base weights
-            with model.disable_adapter():
-                yield
-        else:
-            yield
 
     def encode(self, messages: list[ChatMessage]) -> dict[str, torch.Tensor]:
         """Render the chat template once and tokenize it, with pixel values for every image in the messages."""
@@ -155,31 +152,3 @@ def _hf_message(message: ChatMessage, *, structured: bool) -> dict[str, Any]:
         for part in message.content
     ]
     return {"role": message.role, "content": parts}
-
-
-def _generation_kwargs(sampling: SamplingParams, eos_token_ids: list[int]) -> dict[str, Any]:
-    common: dict[str, Any] = {"eos_token_id": eos_token_ids, "pad_token_id": eos_token_ids[0]}
-    if sampling.greedy:
-        return {**common, "do_sample": False, "temperature": None, "top_p": None, "top_k": None}
-    return {
-        **common,
-        "do_sample": True,
-        "temperature": sampling.temperature,
-        "top_p": sampling.top_p,
-        "top_k": sampling.top_k if sampling.top_k > 0 else None,
-        "min_p": sampling.min_p or None,
-    }
-
-
-def _sampled_tokens(output: Any, prompt_length: int, eos_token_ids: list[int]) -> tuple[list[int], list[float]]:
-    """The generated ids up to and including the first EOS, with the raw (pre-temperature) logprob of each."""
-    generated: list[int] = output.sequences[0, prompt_length:].tolist()
-    ids: list[int] = []
-    logprobs: list[float] = []
-    for step, token in enumerate(generated):
-        step_logprobs = torch.log_softmax(output.logits[step][0].float(), dim=-1)
-        ids.append(token)
-        logprobs.append(float(step_logprobs[token]))
-        if token in eos_token_ids:
-            break
-    return ids, logprobs

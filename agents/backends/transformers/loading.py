@@ -6,6 +6,7 @@ One entry point decides text-only vs image-text from the config, so callers neve
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,8 @@ from transformers import (
     ProcessorMixin,
 )
 
+from emo_r3.agents.backends.transformers.batching import Batcher, BatchSettings
+from emo_r3.agents.backends.transformers.generation import GeneratedRow, GenerationRequest, generate_rows
 from emo_r3.agents.backends.transformers.processors import IMAGE_TEXT_MODEL_TYPES, ModelLoadError, load_processor
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -37,11 +40,18 @@ class LoadedModel:
     supports_images: bool
     eos_token_ids: list[int]
     model_type: str
-    # One generation at a time per model instance, however many ChatModels (e.g. one per LoRA adapter) share it.
+    # One forward pass at a time per model instance, however many ChatModels (e.g. one per LoRA adapter) share it.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     # Weights kept in float32 (a model being fully fine-tuned) compute in this dtype: bf16 weights would round
     # most optimizer steps away.
     autocast_dtype: torch.dtype | None = None
+    batching: BatchSettings = field(default_factory=BatchSettings)
+    # Gathers concurrent calls (from every ChatModel on this model) into batched `generate`s; a copy made with
+    # `dataclasses.replace` (another model object) gets a batcher of its own.
+    batcher: Batcher[GenerationRequest, GeneratedRow] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.batcher = Batcher(functools.partial(generate_rows, self), lambda r: r.batch_key, self.batching)
 
     def compute(self) -> contextlib.AbstractContextManager:
         """The context forward passes run in: autocast to `autocast_dtype`, or nothing."""
@@ -51,7 +61,11 @@ class LoadedModel:
 
 
 def load_hf_model(
-    model_dir: Path, *, dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu"
+    model_dir: Path,
+    *,
+    dtype: torch.dtype = torch.float32,
+    device: str | torch.device = "cpu",
+    batching: BatchSettings | None = None,
 ) -> LoadedModel:
     """Load `model_dir` in eval mode: image-text families with their processor, others as a causal LM."""
     model_dir = Path(model_dir)
@@ -76,6 +90,7 @@ def load_hf_model(
         supports_images=processor is not None,
         eos_token_ids=eos_token_ids(model.generation_config, tokenizer),
         model_type=model_type,
+        batching=batching or BatchSettings(),
     )
 
 
