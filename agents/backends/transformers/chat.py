@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
 
@@ -73,17 +71,22 @@ class TransformersChatModel:
         self, messages: list[ChatMessage], sampling: SamplingParams, *, choices: list[str] | None = None
     ) -> Completion:
         request = await asyncio.to_thread(self.request, messages, sampling, choices)
-        future = self._loaded.batcher.submit(request)
-        await asyncio.wait([asyncio.wrap_future(future)])
-        return self._completion(request, future)
+        try:
+            # Awaited directly, so a cancelled caller cancels its queued call too.
+            batched = await asyncio.wrap_future(self._loaded.batcher.submit(request))
+        except (RuntimeError, ValueError) as error:
+            raise self._failed(error) from error
+        return self._completion(request, batched)
 
     def chat_sync(
         self, messages: list[ChatMessage], sampling: SamplingParams, choices: list[str] | None = None
     ) -> Completion:
         request = self.request(messages, sampling, choices)
-        future = self._loaded.batcher.submit(request)
-        concurrent.futures.wait([future])
-        return self._completion(request, future)
+        try:
+            batched = self._loaded.batcher.submit(request).result()
+        except (RuntimeError, ValueError) as error:
+            raise self._failed(error) from error
+        return self._completion(request, batched)
 
     def request(
         self, messages: list[ChatMessage], sampling: SamplingParams, choices: list[str] | None = None
@@ -93,11 +96,10 @@ class TransformersChatModel:
         budget = constraint.max_length if constraint else sampling.max_tokens
         return GenerationRequest(self.encode(messages), RowDecoding(sampling, constraint, budget), self._adapter)
 
-    def _completion(self, request: GenerationRequest, done: Future[Batched[GeneratedRow]]) -> Completion:
-        try:
-            batched = done.result()
-        except (RuntimeError, ValueError) as error:
-            raise ModelCallError(f"{self._model_id}: generation failed: {error}") from error
+    def _failed(self, error: Exception) -> ModelCallError:
+        return ModelCallError(f"{self._model_id}: generation failed: {error}")
+
+    def _completion(self, request: GenerationRequest, batched: Batched[GeneratedRow]) -> Completion:
         row = batched.result
         finished = bool(row.completion_ids) and row.completion_ids[-1] in self._loaded.eos_token_ids
         prompt_ids = request.prompt_ids

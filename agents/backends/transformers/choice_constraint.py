@@ -1,11 +1,8 @@
-"""Closed-set decoding for `generate`: a token trie that only lets an answer spell one of the options, then stop."""
+"""Closed-set decoding: a token trie that only lets an answer spell one of the options, then stop."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import torch
 
 
 class ChoiceTrie:
@@ -29,6 +26,3 @@ class ChoiceTrie:
             node = node[token]
         allowed = [t for t in node if t != -1]
         return allowed + self._eos if -1 in node else allowed or self._eos
-
-    def allowed_fn(self, prompt_length: int) -> Callable[[int, torch.Tensor], list[int]]:
-        return lambda _batch, ids: self.allowed(ids[prompt_length:].tolist())
