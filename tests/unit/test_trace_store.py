@@ -161,13 +161,20 @@ def test_a_write_into_a_damaged_store_says_it_is_damaged(tmp_path, noise_image):
     assert graph.traces.failures == 1 and "is damaged: SQLite's quick_check reports" in graph.traces.last_error
 
 
-def test_a_store_missing_part_of_its_schema_says_what_is_missing(tmp_path, noise_image):
-    path = tmp_path / "traces.sqlite"
-    good_store(path, noise_image)
+def altered_store(path: Path, image: Path, *statements: str) -> Path:
+    """A good store on disk, then changed by raw SQL (as another program or an older EMO-R3 would leave it)."""
+    good_store(path, image)
     with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE training_rows")
-        db.execute("ALTER TABLE runs DROP COLUMN error")
+        for statement in statements:
+            db.execute(statement)
     db.close()
+    return path
+
+
+def test_a_store_missing_part_of_its_schema_says_what_is_missing(tmp_path, noise_image):
+    path = altered_store(
+        tmp_path / "traces.sqlite", noise_image, "DROP TABLE training_rows", "ALTER TABLE runs DROP COLUMN error"
+    )
     for readonly in (True, False):
         with pytest.raises(TraceStoreError, match="not a complete EMO-R3 trace store") as caught:
             TraceStore(path, readonly=readonly)
@@ -203,12 +210,8 @@ def test_queue_and_generation_times_read_back_apart(tmp_path, noise_image):
 
 def test_a_v1_store_gains_queue_times_on_migration(tmp_path, noise_image):
     """Stores written before in-process batching (v1: no `calls.queue_s`) migrate in place; old calls read 0."""
-    path = tmp_path / "traces.sqlite"
-    good_store(path, noise_image)
-    with sqlite3.connect(path) as db:
-        db.execute("ALTER TABLE calls DROP COLUMN queue_s")
-        db.execute("PRAGMA user_version = 1")
-    db.close()
+    drop = "ALTER TABLE calls DROP COLUMN queue_s"
+    path = altered_store(tmp_path / "traces.sqlite", noise_image, drop, "PRAGMA user_version = 1")
     with TraceStore(path) as store:
         [run, *_] = store.list_runs()
         calls = store.get_run(run.id).result.trajectory.calls
