@@ -26,6 +26,8 @@ from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult, ImageRef, Term
 from emo_r3.prompts import UnknownLabelSetError, get_label_set
 
 QueryLike = EmotionQuery | str | Path
+# What `prepare` raises for input it cannot use; `arun` turns these into an error result.
+BAD_INPUT_ERRORS = (ImageError, UnknownLabelSetError, ValidationError)
 
 
 def build_state_graph(nodes: GraphNodes) -> StateGraph:
@@ -95,7 +97,7 @@ class EmotionGraph:
         query = _as_query(query)
         try:
             prepared = await asyncio.to_thread(self.prepare, query)
-        except (ImageError, UnknownLabelSetError, ValidationError) as error:
+        except BAD_INPUT_ERRORS as error:
             result = EmotionResult(
                 query_id=query.id,
                 label=None,

@@ -12,18 +12,14 @@ import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from pydantic import ValidationError
-
 from emo_r3.agents.call_record import Role
 from emo_r3.agents.chat_model import ChatModel
-from emo_r3.agents.images import ImageError
 from emo_r3.evals.datasets import load_dataset
 from emo_r3.evals.items import EvalItem
 from emo_r3.graphs.config import GraphConfig
-from emo_r3.graphs.emotion_graph import EmotionGraph
+from emo_r3.graphs.emotion_graph import BAD_INPUT_ERRORS, EmotionGraph
 from emo_r3.graphs.state import PreparedQuery
 from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
-from emo_r3.prompts import UnknownLabelSetError
 from emo_r3.training.config import TrainConfig
 
 
@@ -111,7 +107,7 @@ def _prepared(graph: EmotionGraph, query: EmotionQuery) -> PreparedQuery | None:
     run then reports the bad input itself)."""
     try:
         return graph.prepare(query)
-    except (ImageError, UnknownLabelSetError, ValidationError):
+    except BAD_INPUT_ERRORS:
         return None
 
 
