@@ -54,6 +54,7 @@ def generate_rows(loaded: LoadedModel, requests: Sequence[GenerationRequest]) ->
     prompt_length = inputs["input_ids"].shape[1]
     rows = [r.decoding for r in requests]
     budgets = [row.max_new_tokens for row in rows]
+    device = loaded.model.device
     with loaded.lock, selected_adapter(loaded.model, requests[0].adapter), torch.inference_mode(), loaded.compute():
         output = loaded.model.generate(
             **inputs,
@@ -61,8 +62,8 @@ def generate_rows(loaded: LoadedModel, requests: Sequence[GenerationRequest]) ->
             temperature=None, top_p=None, top_k=None, min_p=None,
             eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.eos_token_ids[0],
             max_new_tokens=max(budgets),
-            logits_processor=LogitsProcessorList([RowSampler(rows, prompt_length, loaded.model.device)]),
-            stopping_criteria=StoppingCriteriaList([RowLimit(budgets, prompt_length)]),
+            logits_processor=LogitsProcessorList([RowSampler(rows, prompt_length, device)]),
+            stopping_criteria=StoppingCriteriaList([RowLimit(budgets, prompt_length, device)]),
             return_dict_in_generate=True, output_logits=True,
         )  # fmt: skip
     latency = time.perf_counter() - start

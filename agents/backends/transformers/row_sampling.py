@@ -66,13 +66,16 @@ class RowSampler(LogitsProcessor):
         groups: dict[SamplingParams, list[int]] = {}
         for index, row in enumerate(rows):
             groups.setdefault(row.sampling.model_copy(update={"seed": None, "max_tokens": 1}), []).append(index)
-        self._groups = [(indices, sampling, warpers(sampling)) for sampling, indices in groups.items()]
+        # Index tensors made once here, not at every decoding step.
+        self._groups = [
+            (indices, torch.tensor(indices, device=device), sampling, warpers(sampling))
+            for sampling, indices in groups.items()
+        ]
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
         scores = self._constrained(input_ids, scores)
         chosen = torch.full_like(scores, float("-inf"))
-        for indices, sampling, warp in self._groups:
-            rows = torch.tensor(indices, device=scores.device)
+        for indices, rows, sampling, warp in self._groups:
             if sampling.greedy:
                 tokens = scores[rows].argmax(dim=-1)
             else:
@@ -100,13 +103,12 @@ class RowSampler(LogitsProcessor):
 class RowLimit(StoppingCriteria):
     """Stops each row at its own token budget (`generate`'s max_new_tokens is the batch's largest)."""
 
-    def __init__(self, budgets: Sequence[int], prompt_length: int) -> None:
-        self._budgets = torch.tensor(budgets)
+    def __init__(self, budgets: Sequence[int], prompt_length: int, device: torch.device) -> None:
+        self._budgets = torch.tensor(budgets, device=device)
         self._prompt_length = prompt_length
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor, **kwargs: object) -> torch.BoolTensor:
-        generated = input_ids.shape[1] - self._prompt_length
-        return (generated >= self._budgets).to(input_ids.device)
+        return input_ids.shape[1] - self._prompt_length >= self._budgets
 
 
 def _generator(seed: int | None, device: torch.device) -> torch.Generator | None:
