@@ -109,7 +109,10 @@ def _step_metrics(run_dir: Path) -> dict[int, dict[str, float]]:
 def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path, one_image_dataset: Path) -> None:
     """kill -9 after a checkpoint and one more step; the resumed run's later steps equal an uninterrupted run's."""
     env = {**os.environ, "PYTHONPATH": str(SUPPORT)}  # the reward function lives in tests/support/train_rewards.py
-    overrides = {"steps": 5, "save_every": 2, "algorithm": {"group_size": 4}}
+    # One call at a time: batched rollouts sample the same tokens, but which calls share a batch is a matter of
+    # timing, and it moves logprobs (hence losses) by float noise. Resume is exact; batching is tested on its own.
+    models = {"default": {"path": "offline:tiny-idefics3", "batching": {"max_size": 1}}}
+    overrides = {"steps": 5, "save_every": 2, "algorithm": {"group_size": 4}, "graph": {"models": models}}
     paths = {}
     for name in ("straight", "killed"):
         paths[name] = tmp_path / f"{name}.yaml"
@@ -141,12 +144,7 @@ def test_killed_run_resumes_to_the_same_metrics(tmp_path: Path, one_image_datase
     straight, killed = _step_metrics(tmp_path / "straight"), _step_metrics(tmp_path / "killed")
     assert sorted(killed) == sorted(straight) == [0, 1, 2, 3, 4]
     for step in (2, 3, 4):
-        # Rollout logprobs come from batched generation: which calls share a batch (a matter of timing) moves them by
-        # float noise (~1e-7), and this metric is made of that noise. Sampled tokens, rewards and losses are exact.
-        noise = {k: v for k, v in straight[step].items() if k.startswith("rollout_logprob_abs_diff")}
-        assert {k: killed[step][k] for k in noise} == pytest.approx(noise, abs=1e-5)
-        exact = {k: v for k, v in straight[step].items() if k not in noise}
-        assert {k: killed[step][k] for k in exact} == pytest.approx(exact, rel=1e-6, abs=1e-9), f"step {step} differs"
+        assert killed[step] == pytest.approx(straight[step], rel=1e-6, abs=1e-9), f"step {step} differs after resume"
     assert len({json.dumps(straight[s], sort_keys=True) for s in straight}) == 5  # the steps really differ
 
 
