@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # Set up EMO-R3 on a fresh machine, offline apart from the package registries:
 #  * .venv          the project with CPU torch (pinned by constraints.txt), OpenTelemetry export, W&B and MLflow,
-#                   cluster training
-#                   (Ray, DeepSpeed, OpenRLHF) and test tools
+#                   cluster training (Ray, DeepSpeed, OpenRLHF) and test tools
 #  * the offline models, built once into the model cache ($EMO_R3_HOME/models or ~/.cache/emo-r3/models)
 #  * the real servers the integration tests talk to, each in its own environment because their pins clash
 #    with the project's: .venv-vllm (vLLM's CPU build) and .venv-phoenix (Arize Phoenix, an OTLP receiver);
