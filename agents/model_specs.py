@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag
 
 from emo_r3.agents.backends.transformers.batching import BatchSettings
 from emo_r3.agents.backends.vllm.chat import VLLMChatModel
+from emo_r3.agents.backends.vllm.retry_policy import RetryPolicy
 from emo_r3.agents.chat_model import ChatModel
 
 if TYPE_CHECKING:  # torch loads only when a model does, so scripted/HTTP-only graphs start fast
@@ -41,8 +42,12 @@ class TransformersModelSpec(BaseModel):
     )
 
 
-class VLLMModelSpec(BaseModel):
-    """A model (or one LoRA adapter of it) served by vLLM's OpenAI-compatible server."""
+class VLLMModelSpec(RetryPolicy):
+    """A model (or one LoRA adapter of it) served by vLLM's OpenAI-compatible server.
+
+    The retry settings (`max_retries`, `backoff_s`, `backoff_cap_s`, `retry_budget_s`) are RetryPolicy's fields,
+    written flat in the spec like the others.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -53,7 +58,6 @@ class VLLMModelSpec(BaseModel):
     api_key_env: str | None = Field(None, description="environment variable holding the API key (never stored)")
     images: bool = Field(True, description="whether the served model takes images")
     timeout_s: float = Field(120.0, gt=0)
-    max_retries: int = Field(3, ge=0)
 
 
 def _backend_of(spec: object) -> str:
@@ -96,7 +100,7 @@ def load_chat_model(spec: TransformersModelSpec | VLLMModelSpec, *, cache_dir: P
             api_key_env=spec.api_key_env,
             supports_images=spec.images,
             timeout_s=spec.timeout_s,
-            max_retries=spec.max_retries,
+            **spec.model_dump(include=set(RetryPolicy.model_fields)),
         )
     from emo_r3.agents.backends.transformers.chat import TransformersChatModel
 

@@ -8,19 +8,22 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Column, Table
-from rich.text import Text
 
+from emo_r3.graphs.cli import options
 from emo_r3.graphs.cli.console import data, err, out, print_error
+from emo_r3.graphs.cli.exit_codes import ExitCode
+from emo_r3.graphs.cli.third_party_output import quiet_third_party
 from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH
 
 if TYPE_CHECKING:
     from emo_r3.evals.items import LoadedDataset
+    from emo_r3.evals.metrics import EvalMetrics
     from emo_r3.evals.predictions import PredictionRecord
     from emo_r3.graphs.emotion_graph import EmotionGraph
     from emo_r3.graphs.results_file import ResultsFile
@@ -54,33 +57,48 @@ def evaluate(
     retry_errors: Annotated[bool, typer.Option("--retry-errors", help="run failed items again")] = False,
     traces: Annotated[Path, typer.Option("--traces", help="trace store")] = DEFAULT_TRACE_PATH,
     no_traces: Annotated[bool, typer.Option("--no-traces")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON on stdout")] = False,
+    verbose: options.Verbose = False,
 ) -> None:
     """Run the graph over a dataset (resumable: re-run the same command to continue), then write predictions,
-    metrics and a report (Markdown + self-contained HTML) into the eval folder."""
+    metrics and a report (Markdown + self-contained HTML) into the eval folder. Exits 1 when items failed (after
+    scoring the rest), 3 when predictions or the report could not be written."""
     if ctx.invoked_subcommand is not None:
         return
     if dataset is None:
         raise typer.BadParameter("--dataset KIND:PATH is required (or use `emo-r3 eval compare`)")
+    quiet_third_party(verbose)
     from emo_r3.evals.datasets import DatasetError, load_dataset, parse_dataset_spec
-    from emo_r3.graphs.cli.graph_setup import load_graph, recorder
+    from emo_r3.graphs.cli.graph_setup import graph_config, load_graph, recorder
 
     try:
         kind, path = parse_dataset_spec(dataset)
         loaded = load_dataset(kind, path, split=split, limit=limit, seed=seed)
     except DatasetError as error:
         print_error(error)
-        raise typer.Exit(2) from error
+        raise typer.Exit(ExitCode.USAGE) from error
     for problem in loaded.skipped:
         print_error(problem, label="skipped", style="yellow")
     folder = output or Path("runs") / "eval" / f"{kind}-{loaded.split or 'all'}"
     with _lock_predictions(folder) as results:  # held to the end: a second eval into this folder is refused
-        graph = load_graph(config, None, max_rounds, recorder(traces, no_traces, "eval", None))
+        cfg = graph_config(config, None, max_rounds)
+        graph = load_graph(cfg, recorder(traces, no_traces, "eval", None))
         _run_pending(graph, loaded, results, folder, paper_parity, concurrency=concurrency, retry_errors=retry_errors)
         records = [results.records[item.id] for item in loaded.items if item.id in results.records]
         if not records:
             print_error("no item was evaluated (see the skipped inputs above)")
-            raise typer.Exit(1)
-        _finish(folder, loaded, dataset, paper_parity, graph.config.fingerprint(), records)
+            raise typer.Exit(ExitCode.FAILED)
+        metrics = _finish(folder, loaded, dataset, paper_parity, graph.config.fingerprint(), records)
+    failed = sum(record.status == "error" for record in records)
+    if as_json:
+        summary = {"folder": str(folder), "failed": failed, "skipped": len(loaded.skipped)}
+        sys.stdout.write(json.dumps(summary | {"metrics": metrics.model_dump(mode="json")}) + "\n")
+    else:
+        scores = f"macro-F1 {metrics.macro_f1:.4f}  weighted-F1 {metrics.weighted_f1:.4f}  ({metrics.n} items)"
+        out.print(data(f"accuracy {metrics.accuracy:.4f}  {scores}"))
+    if failed:  # skipped inputs are the dataset's (reported above), not failures of this run
+        print_error(f"{failed} of {len(records)} items failed (scored as wrong); --retry-errors runs them again")
+        raise typer.Exit(ExitCode.FAILED)
 
 
 def _run_pending(
@@ -93,19 +111,29 @@ def _run_pending(
     concurrency: int,
     retry_errors: bool,
 ) -> None:
-    """Every item not done yet, each prediction appended as it ends; exit 1 if one cannot be written."""
+    """Every item not done yet, each prediction appended as it ends; exit 3 if one cannot be written."""
     from emo_r3.evals.runner import evaluate_graph, evaluate_paper_parity, pending_items
+    from emo_r3.graphs.cli.progress import LiveProgress
     from emo_r3.graphs.results_file import ResultsWriteError
 
     items = pending_items(loaded, results, retry_errors)
-    err.print(data(f"{len(loaded.items)} items ({len(loaded.items) - len(items)} already done) → {folder}"))
-    run = evaluate_paper_parity if paper_parity else evaluate_graph
+    done = len(loaded.items) - len(items)
+    err.print(data(f"{len(loaded.items)} items ({done} already done) → {folder}"))
     try:
-        with _progress(len(items)) as advance:
-            asyncio.run(run(graph, items, results, max_concurrency=concurrency, on_record=advance))
+        with LiveProgress("emo-r3 eval", total=len(loaded.items), done=done) as progress:
+
+            def on_record(record: PredictionRecord) -> None:
+                progress.item_done(record.id, record.error if record.status == "error" else None)
+
+            if paper_parity:  # one prompt per image, no graph nodes to follow
+                run = evaluate_paper_parity(graph, items, results, max_concurrency=concurrency, on_record=on_record)
+            else:
+                run = evaluate_graph(graph, items, results, max_concurrency=concurrency, on_record=on_record,
+                                     progress=progress.node_started)  # fmt: skip
+            asyncio.run(run)
     except ResultsWriteError as error:  # a full disk: stopped cleanly, the file cut back to its last record
         print_error(error)
-        raise typer.Exit(1) from error
+        raise typer.Exit(ExitCode.STOPPED) from error
     finally:
         if graph.traces is not None:
             graph.traces.close()
@@ -122,7 +150,7 @@ def _scoring_label_set(loaded: LoadedDataset) -> LabelSet:
 
 def _finish(
     folder: Path, loaded: LoadedDataset, spec: str, parity: bool, config_hash: str, records: list[PredictionRecord]
-) -> None:
+) -> EvalMetrics:
     from emo_r3.evals.metrics import compute_metrics
     from emo_r3.evals.report import write_report
     from emo_r3.graphs.results_file import what_to_do
@@ -148,31 +176,9 @@ def _finish(
             f"could not write the report into {folder}: {error.strerror or error}; every prediction is kept; "
             f"{what_to_do(error)} and run the same command again (nothing is evaluated twice)"
         )
-        raise typer.Exit(1) from error
-    scores = f"macro-F1 {metrics.macro_f1:.4f}  weighted-F1 {metrics.weighted_f1:.4f}  ({metrics.n} items)"
-    out.print(data(f"accuracy {metrics.accuracy:.4f}  {scores}"))
+        raise typer.Exit(ExitCode.STOPPED) from error
     err.print(data(f"report: {markdown}  {html}"))
-
-
-class _progress:
-    """A progress bar whose `advance` takes the finished record (errors are printed as they happen)."""
-
-    def __init__(self, total: int) -> None:
-        columns = (TextColumn("emo-r3 eval"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-        self._bar = Progress(*columns, console=err)
-        self._task = self._bar.add_task("eval", total=total)
-
-    def __enter__(self):
-        self._bar.__enter__()
-        return self.advance
-
-    def advance(self, record: PredictionRecord) -> None:
-        self._bar.update(self._task, advance=1)
-        if record.status == "error":
-            self._bar.console.print(Text.assemble(data(record.id, "yellow"), data(f": {record.error}")))
-
-    def __exit__(self, *exc: object) -> None:
-        self._bar.__exit__(*exc)
+    return metrics
 
 
 def _lock_predictions(folder: Path) -> ResultsFile[PredictionRecord]:
@@ -187,7 +193,7 @@ def _lock_predictions(folder: Path) -> ResultsFile[PredictionRecord]:
         return ResultsFile(folder / PREDICTIONS, PredictionRecord).lock()
     except (OutputPathError, ResultsFileError) as error:
         print_error(error)
-        raise typer.Exit(2) from error
+        raise typer.Exit(ExitCode.USAGE) from error
 
 
 def _open_predictions(path: Path) -> ResultsFile[PredictionRecord]:
@@ -198,14 +204,14 @@ def _open_predictions(path: Path) -> ResultsFile[PredictionRecord]:
         return ResultsFile(path, PredictionRecord)
     except ResultsFileError as error:
         print_error(error)
-        raise typer.Exit(2) from error
+        raise typer.Exit(ExitCode.USAGE) from error
 
 
 def _read_predictions(folder: Path) -> tuple[list[PredictionRecord], str]:
     path = folder / PREDICTIONS
     if not path.is_file():
         print_error(f"{folder} holds no {PREDICTIONS}; pass the folder an `emo-r3 eval` wrote")
-        raise typer.Exit(2)
+        raise typer.Exit(ExitCode.USAGE)
     records = list(_open_predictions(path).records.values())
     meta = json.loads((folder / META).read_text()) if (folder / META).is_file() else {}
     return records, meta.get("label_set") or (records[0].label_set if records else "mikels8")
@@ -216,6 +222,7 @@ def compare(
     run_a: Annotated[Path, typer.Argument(help="eval folder A")],
     run_b: Annotated[Path, typer.Argument(help="eval folder B")],
     output: Annotated[Path | None, typer.Option("--out", "-o", help="also write comparison.md/.html here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print the comparison as JSON on stdout")] = False,
 ) -> None:
     """Side-by-side metrics of two evals on the same items, with a significance estimate for the difference."""
     from emo_r3.evals.compare import compare_runs
@@ -228,12 +235,15 @@ def compare(
         comparison = compare_runs(records_a, records_b, get_label_set(label_set), name_a=run_a.name, name_b=run_b.name)
     except ValueError as error:
         print_error(error)
-        raise typer.Exit(2) from error
-    table = Table("metric", Column(header=data(f"A {run_a.name}")), Column(header=data(f"B {run_b.name}")), "B − A")
-    for row in comparison.rows():
-        table.add_row(*map(data, row))
-    out.print(table)
-    out.print(data(comparison.verdict))
+        raise typer.Exit(ExitCode.USAGE) from error
+    if as_json:
+        sys.stdout.write(comparison.model_dump_json() + "\n")
+    else:
+        table = Table("metric", Column(header=data(f"A {run_a.name}")), Column(header=data(f"B {run_b.name}")), "B − A")
+        for row in comparison.rows():
+            table.add_row(*map(data, row))
+        out.print(table)
+        out.print(data(comparison.verdict))
     if output is not None:
         meta = {"A": str(run_a), "B": str(run_b), "label_set": label_set}
         markdown, html = write_comparison(comparison, output, title=f"{run_a.name} vs {run_b.name}", meta=meta)

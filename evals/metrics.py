@@ -178,7 +178,9 @@ def macro_weighted_f1(f1: np.ndarray, predicted: np.ndarray, support: np.ndarray
 
     Works on the last axis, so rows of bootstrap resamples are scored in one call. A label neither in the gold
     labels nor predicted is left out of the macro mean (as scikit-learn does when it infers the labels): a
-    label set larger than the test set does not drag the score down."""
+    label set larger than the test set does not drag the score down. The "(none)" column is never a class
+    (scikit-learn would infer it as one with F1 = 0): `f1_score(..., labels=<in-set labels present>,
+    average="macro", zero_division=0)`, cross-checked in tests/unit/test_metrics_crosscheck.py."""
     active = (support > 0) | (predicted > 0)
     macro = safe_divide((f1 * active).sum(axis=-1), active.sum(axis=-1))
     return macro, safe_divide((f1 * support).sum(axis=-1), support.sum(axis=-1))

@@ -12,6 +12,7 @@ from emo_r3.agents.parsing import parse_set
 from emo_r3.evals.items import EvalItem, LoadedDataset
 from emo_r3.evals.predictions import PredictionRecord
 from emo_r3.graphs.emotion_graph import EmotionGraph
+from emo_r3.graphs.progress import ProgressCallback
 from emo_r3.graphs.results_file import ResultsFile
 from emo_r3.graphs.trajectory import EmotionQuery
 from emo_r3.prompts import get_label_set, render
@@ -30,6 +31,7 @@ async def evaluate_graph(
     *,
     max_concurrency: int = 4,
     on_record: OnRecord = lambda _record: None,
+    progress: ProgressCallback | None = None,
 ) -> None:
     """Each item through the whole graph; each prediction appended (fsynced) as soon as its run ends. A write error
     (ResultsWriteError) stops the run; every prediction written before it stays."""
@@ -39,7 +41,7 @@ async def evaluate_graph(
     ]
     # aclosing: if a prediction cannot be written (ResultsWriteError), the runs still going are cancelled before
     # the error leaves here, so the eval stops cleanly instead of running items whose results would be lost.
-    async with aclosing(graph.astream_batch(queries, max_concurrency=max_concurrency)) as stream:
+    async with aclosing(graph.astream_batch(queries, max_concurrency=max_concurrency, progress=progress)) as stream:
         async for result in stream:
             record = PredictionRecord.from_result(by_id[result.query_id], result)
             results.append(record)

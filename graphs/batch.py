@@ -9,8 +9,9 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, computed_field
 
+from emo_r3.graphs.progress import ProgressCallback
 from emo_r3.graphs.results_file import ResultRecord, ResultsFile
 from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
 
@@ -19,7 +20,7 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".ti
 
 class EmotionGraphLike(Protocol):
     def astream_batch(
-        self, queries: Iterable[EmotionQuery], *, max_concurrency: int
+        self, queries: Iterable[EmotionQuery], *, max_concurrency: int, progress: ProgressCallback | None = None
     ) -> AsyncGenerator[EmotionResult, None]: ...
 
 
@@ -189,10 +190,17 @@ def _one_line(error: Exception) -> str:
 
 class BatchSummary(BaseModel):
     total: int
-    skipped: int
+    skipped: int  # done before (resumed), not run again
     duplicates: int
     ok: int
     errors: int
+    errors_before: int  # skipped items whose recorded result is an error (`--retry-errors` runs them again)
+
+    @computed_field
+    @property
+    def failed(self) -> int:
+        """Items whose result in the file is an error, from this run or an earlier one."""
+        return self.errors + self.errors_before
 
 
 async def run_batch(
@@ -204,12 +212,13 @@ async def run_batch(
     retry_errors: bool = False,
     with_trajectory: bool = False,
     on_record: Callable[[BatchRecord], None] = lambda _record: None,
+    progress: ProgressCallback | None = None,
 ) -> BatchSummary:
     """Run every item not already in `results`, appending each record as soon as its run ends. A write error
     (ResultsWriteError) stops the batch; everything recorded before it stays in the file."""
     todo: list[EmotionQuery] = []
     seen: set[str] = set()
-    skipped = duplicates = ok = errors = 0
+    skipped = duplicates = ok = errors = errors_before = 0
     for item in items:
         if item.id in seen:
             duplicates += 1  # the first item with an id wins; results are keyed by id
@@ -217,6 +226,7 @@ async def run_batch(
         seen.add(item.id)
         if results.done(item.id, retry_errors=retry_errors):
             skipped += 1
+            errors_before += results.records[item.id].status == "error"
         elif item.query is None:
             record = BatchRecord(id=item.id, status="error", termination="error", error=f"bad input: {item.problem}")
             results.append(record)
@@ -226,10 +236,12 @@ async def run_batch(
             todo.append(item.query)
     # aclosing: if a record cannot be written (ResultsWriteError), the runs still going are cancelled before the
     # error leaves here, so the batch stops cleanly instead of running items whose results would be lost.
-    async with aclosing(graph.astream_batch(todo, max_concurrency=max_concurrency)) as stream:
+    async with aclosing(graph.astream_batch(todo, max_concurrency=max_concurrency, progress=progress)) as stream:
         async for result in stream:
             record = BatchRecord.from_result(result.query_id, result, with_trajectory=with_trajectory)
             results.append(record)
             ok, errors = ok + (record.status == "ok"), errors + (record.status == "error")
             on_record(record)
-    return BatchSummary(total=len(items), skipped=skipped, duplicates=duplicates, ok=ok, errors=errors)
+    return BatchSummary(
+        total=len(items), skipped=skipped, duplicates=duplicates, ok=ok, errors=errors, errors_before=errors_before
+    )

@@ -18,6 +18,7 @@ from emo_r3.agents.reasoner import Reasoner
 from emo_r3.agents.reflector import Reflector
 from emo_r3.graphs.config import GraphConfig
 from emo_r3.graphs.nodes import GraphNodes
+from emo_r3.graphs.progress import NodeStarted, ProgressCallback
 from emo_r3.graphs.recording import RunRecorder
 from emo_r3.graphs.role_models import load_role_models
 from emo_r3.graphs.routing import after_reflect, recursion_limit, unless_error
@@ -88,12 +89,17 @@ class EmotionGraph:
         for model in {id(m): m for m in self.models.values()}.values():
             await model.check_ready()
 
-    def run(self, query: QueryLike, *, timeout: float | None = None) -> EmotionResult:
+    def run(
+        self, query: QueryLike, *, timeout: float | None = None, progress: ProgressCallback | None = None
+    ) -> EmotionResult:
         """Synchronous `arun`, for scripts and notebooks without a running event loop."""
-        return asyncio.run(self.arun(query, timeout=timeout))
+        return asyncio.run(self.arun(query, timeout=timeout, progress=progress))
 
-    async def arun(self, query: QueryLike, *, timeout: float | None = None) -> EmotionResult:
-        """Run one query. Bad input, failed model calls and timeouts come back as results with `error` set."""
+    async def arun(
+        self, query: QueryLike, *, timeout: float | None = None, progress: ProgressCallback | None = None
+    ) -> EmotionResult:
+        """Run one query. Bad input, failed model calls and timeouts come back as results with `error` set.
+        `progress` is called as each node starts."""
         query = _as_query(query)
         try:
             prepared = await asyncio.to_thread(self.prepare, query)
@@ -106,7 +112,7 @@ class EmotionGraph:
                 error=f"bad input: {error}",
             )
             return await self._record(result, query, ())
-        result = await self.arun_prepared(prepared, timeout=timeout)
+        result = await self.arun_prepared(prepared, timeout=timeout, progress=progress)
         return await self._record(result, query, prepared.images)
 
     async def _record(
@@ -116,26 +122,32 @@ class EmotionGraph:
             await self.traces.record(result, query=query, images=images, config_hash=self.config.fingerprint())
         return result
 
-    async def arun_prepared(self, query: PreparedQuery, *, timeout: float | None = None) -> EmotionResult:
+    async def arun_prepared(
+        self, query: PreparedQuery, *, timeout: float | None = None, progress: ProgressCallback | None = None
+    ) -> EmotionResult:
         """Run the graph on an already prepared query (images decoded), e.g. when a caller reuses images."""
         timeout = timeout or self.config.timeout_s
         latest = initial_state(query, self.config.max_rounds)
         limit = {"recursion_limit": recursion_limit(self.config.max_rounds)}
+        modes = ["values", "tasks"] if progress is not None else ["values"]
         try:
             # Streamed state snapshots, so a timeout still leaves every call completed before it.
             async with asyncio.timeout(timeout):
-                async for snapshot in self._compiled.astream(latest, config=limit, stream_mode="values"):
-                    latest = snapshot
+                async for mode, chunk in self._compiled.astream(latest, config=limit, stream_mode=modes):
+                    if mode == "values":
+                        latest = chunk
+                    elif progress is not None and "input" in chunk:  # a task starting (its end carries "result")
+                        progress(NodeStarted(query.id, chunk["name"], chunk["input"]["round"]))
         except TimeoutError:
             return _result(latest, timed_out=True, timeout=timeout)
         return _result(latest, timed_out=False, timeout=timeout)
 
     async def astream_batch(
-        self, queries: Iterable[QueryLike], *, max_concurrency: int = 4
+        self, queries: Iterable[QueryLike], *, max_concurrency: int = 4, progress: ProgressCallback | None = None
     ) -> AsyncIterator[EmotionResult]:
         """Yield results as they finish, running at most `max_concurrency` graphs at once."""
         semaphore = _semaphore(max_concurrency)
-        tasks = [asyncio.create_task(self._arun_limited(q, semaphore)) for q in queries]
+        tasks = [asyncio.create_task(self._arun_limited(q, semaphore, progress)) for q in queries]
         try:
             for next_done in asyncio.as_completed(tasks):
                 yield await next_done
@@ -143,14 +155,18 @@ class EmotionGraph:
             for task in tasks:
                 task.cancel()
 
-    async def abatch(self, queries: Iterable[QueryLike], *, max_concurrency: int = 4) -> list[EmotionResult]:
+    async def abatch(
+        self, queries: Iterable[QueryLike], *, max_concurrency: int = 4, progress: ProgressCallback | None = None
+    ) -> list[EmotionResult]:
         """Run many queries concurrently; results come back in input order, one per query, errors included."""
         semaphore = _semaphore(max_concurrency)
-        return list(await asyncio.gather(*(self._arun_limited(q, semaphore) for q in queries)))
+        return list(await asyncio.gather(*(self._arun_limited(q, semaphore, progress) for q in queries)))
 
-    async def _arun_limited(self, query: QueryLike, semaphore: asyncio.Semaphore) -> EmotionResult:
+    async def _arun_limited(
+        self, query: QueryLike, semaphore: asyncio.Semaphore, progress: ProgressCallback | None
+    ) -> EmotionResult:
         async with semaphore:
-            return await self.arun(query)
+            return await self.arun(query, progress=progress)
 
     def prepare(self, query: EmotionQuery) -> PreparedQuery:
         """Decode and normalise the images and resolve the label set; raises ImageError or UnknownLabelSetError."""

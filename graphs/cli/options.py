@@ -16,3 +16,6 @@ Otlp = Annotated[
     str | None,
     typer.Option("--otlp", help="also export each run as OpenTelemetry spans, e.g. http://127.0.0.1:4318/v1/traces"),
 ]
+Verbose = Annotated[
+    bool, typer.Option("--verbose", help="also show the libraries' own warnings, log lines and progress bars")
+]

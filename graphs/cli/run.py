@@ -9,9 +9,14 @@ from typing import Annotated
 import typer
 from rich.text import Text
 
+from emo_r3.agents.images import prepare_image
 from emo_r3.graphs.cli import options
 from emo_r3.graphs.cli.console import data, err, out, print_error
-from emo_r3.graphs.cli.graph_setup import load_graph, recorder
+from emo_r3.graphs.cli.exit_codes import ExitCode
+from emo_r3.graphs.cli.graph_setup import graph_config, load_graph, recorder
+from emo_r3.graphs.cli.progress import LiveProgress
+from emo_r3.graphs.cli.third_party_output import quiet_third_party
+from emo_r3.graphs.config import GraphConfig
 from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH
 from emo_r3.graphs.trajectory import EmotionQuery, EmotionResult
 
@@ -29,16 +34,16 @@ def run(
     traces: options.Traces = DEFAULT_TRACE_PATH,
     no_traces: options.NoTraces = False,
     otlp: options.Otlp = None,
+    verbose: options.Verbose = False,
 ) -> None:
     """Recognise the emotion one image evokes, and show how the graph got there."""
-    try:
-        query = EmotionQuery(images=list(images), text=text)
-    except ValueError as error:
-        print_error(error)
-        raise typer.Exit(2) from error
+    quiet_third_party(verbose)
+    cfg = graph_config(config, label_set, max_rounds)
+    query = _checked_query(images, text, cfg)
     recording = recorder(traces, no_traces, "run", otlp)
-    graph = load_graph(config, label_set, max_rounds, recording)
-    result = graph.run(query)
+    graph = load_graph(cfg, recording)
+    with LiveProgress("emo-r3 run") as progress:
+        result = graph.run(query, progress=progress.node_started)
     if as_json:
         sys.stdout.write(result.model_dump_json(indent=2) + "\n")
     else:
@@ -51,7 +56,18 @@ def run(
             else:
                 err.print(data(f"trace: emo-r3 traces show {result.trajectory.id[:12]} --traces {traces}"))
     if not result.ok:
-        raise typer.Exit(1)
+        raise typer.Exit(ExitCode.FAILED)
+
+
+def _checked_query(images: list[Path], text: str | None, config: GraphConfig) -> EmotionQuery:
+    """The query, its images decoded once as the graph will, or exit 2 before any model loads."""
+    try:
+        for image in images:
+            prepare_image(image, max_pixels=config.image.max_pixels, max_decode_pixels=config.image.max_decode_pixels)
+        return EmotionQuery(images=list(images), text=text)
+    except ValueError as error:  # ImageError, or a query pydantic rejects (e.g. too much text)
+        print_error(error)
+        raise typer.Exit(ExitCode.USAGE) from error
 
 
 def print_result(result: EmotionResult) -> None:

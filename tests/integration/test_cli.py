@@ -44,7 +44,9 @@ def test_run_reports_bad_input_clearly(tiny_config, tmp_path):
     empty = tmp_path / "empty.jpg"
     empty.write_bytes(b"")
     done = emo_r3("run", str(empty), "--config", str(tiny_config))
-    assert done.returncode == 1 and "empty (0 bytes)" in done.stderr
+    done = emo_r3("run", str(empty), "--config", str(tiny_config), "--traces", str(tmp_path / "traces.sqlite"))
+    assert done.returncode == 2 and "empty (0 bytes)" in done.stderr
+    assert not (tmp_path / "traces.sqlite").exists(), "refused before anything was loaded or recorded"
     done = emo_r3("run", str(empty), "--label-set", "plutchik", "--config", str(tiny_config))
     assert done.returncode == 2 and "unknown label set" in done.stderr
 
@@ -82,7 +84,7 @@ def test_batch_survives_kill_9_and_resumes_without_redoing(tiny_config, tmp_path
     assert 4 <= len(before) < len(ids), "the kill should land mid-batch"
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 1, resumed.stderr  # broken.jpg's result is an error (ExitCode.FAILED)
     records = read_records(out)
     finished = [record["id"] for record in records]
     assert sorted(finished) == sorted(ids), "every item exactly once: nothing lost, nothing redone"
@@ -105,8 +107,12 @@ def test_batch_jsonl_with_bad_lines_and_a_torn_last_line(tiny_config, tmp_path, 
     source.write_text("\n".join(lines) + "\n")
     out = tmp_path / "out.jsonl"
     out.write_text('{"id": "cat", "status": "ok", "lab')  # a record torn by a crash: must be redone, not kept
-    done = emo_r3("batch", str(source), "--out", str(out), "--config", str(tiny_config))
-    assert done.returncode == 0, done.stderr
+    done = emo_r3("batch", str(source), "--out", str(out), "--config", str(tiny_config), "--json")
+    assert done.returncode == 1, done.stderr  # three lines failed; the others ran
+    assert json.loads(done.stdout) == {
+        "total": 5, "skipped": 0, "duplicates": 0, "ok": 2, "errors": 3, "errors_before": 0, "failed": 3,
+        "results": str(out),
+    }  # fmt: skip
     records = {r["id"]: r for r in read_records(out)}
     assert set(records) == {"cat", "line-2", "no-image", "cat-emotion6", "huge-text"}
     assert records["cat"]["status"] == "ok"
@@ -139,7 +145,7 @@ def test_batch_on_a_full_disk_stops_cleanly_keeps_whole_records_and_resumes(tiny
     full = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False,
                           preexec_fn=file_size_limit(1000))  # fmt: skip
 
-    assert full.returncode == 1, full.stderr
+    assert full.returncode == 3, full.stderr  # ExitCode.STOPPED
     assert "Traceback" not in full.stderr
     assert out.read_bytes().endswith(b"\n"), "only complete lines are left"
     kept = read_records(out)
@@ -150,7 +156,7 @@ def test_batch_on_a_full_disk_stops_cleanly_keeps_whole_records_and_resumes(tiny
     ) in full.stderr
 
     resumed = subprocess.run(command, capture_output=True, text=True, timeout=600, check=False)
-    assert resumed.returncode == 0, resumed.stderr
+    assert resumed.returncode == 1, resumed.stderr  # broken.jpg
     assert f"{len(kept)} already done" in resumed.stderr
     records = read_records(out)
     assert records[: len(kept)] == kept
@@ -177,7 +183,7 @@ def test_a_second_batch_on_the_same_results_file_is_refused_before_any_work(tiny
     finally:
         os.killpg(first.pid, signal.SIGCONT)
     _, stderr = first.communicate(timeout=600)
-    assert first.returncode == 0, stderr.decode()
+    assert first.returncode == 1, stderr.decode()  # broken.jpg
     assert sorted(record["id"] for record in read_records(out)) == sorted(ids), "each item once: the second ran none"
 
 

@@ -50,7 +50,7 @@ def test_eval_on_a_full_disk_stops_cleanly_keeps_every_whole_prediction_and_resu
 
     full = run(command, preexec_fn=file_size_limit(1200))
 
-    assert full.returncode == 1, full.stderr
+    assert full.returncode == 3, full.stderr  # ExitCode.STOPPED
     assert "Traceback" not in full.stderr
     kept = predictions(out)
     assert 1 <= len(kept) < len(LABELS)
@@ -62,7 +62,7 @@ def test_eval_on_a_full_disk_stops_cleanly_keeps_every_whole_prediction_and_resu
 
     # Room for every prediction (under 3 kB) but not for the self-contained HTML report.
     no_report = run(command, preexec_fn=file_size_limit(6000))
-    assert no_report.returncode == 1, no_report.stderr
+    assert no_report.returncode == 3, no_report.stderr
     assert f"({len(kept)} already done)" in no_report.stderr and "Traceback" not in no_report.stderr
     assert (
         f"error: could not write the report into {out}: File too large; every prediction is kept; raise the "

@@ -7,7 +7,9 @@ through it. Each chat request takes the next fault from the script (then `defaul
   ok | 500 | 503 | 429 | malformed | bad_shape | no_token_ids | length | abort | hang | trickle | reset
 
 `push(..., kind="reason")` scripts only the requests of one kind (perceive, reason, label_choice, coherence,
-consistency), whatever order the others arrive in.
+consistency), whatever order the others arrive in. `first_tries="429"` gives that fault to the first arrival of each
+distinct request body (every call's first attempt, however many calls run at once). 429 and 503 answers carry
+`Retry-After: <retry_after>` when `retry_after` is set.
 
 Run it in a thread (`with FaultServer(...) as server:`), or as a process that can die mid-batch:
 
@@ -62,6 +64,8 @@ class FaultServer:
         port: int = 0,
         die_after: int | None = None,
         log_path: Path | None = None,
+        retry_after: str | None = None,
+        first_tries: str | None = None,
     ) -> None:
         self.models = list(models)
         self.script: deque[str] = deque(script)
@@ -73,6 +77,10 @@ class FaultServer:
         self.api_key = api_key
         self.die_after = die_after
         self.log_path = log_path
+        assert first_tries in (None, *FAULTS), f"unknown fault {first_tries}; known: {FAULTS}"
+        self.retry_after = retry_after
+        self.first_tries = first_tries
+        self._bodies_seen: set[str] = set()
         self.requests: list[dict[str, Any]] = []
         self.stopping = threading.Event()
         self.lock = threading.Lock()
@@ -115,8 +123,13 @@ class FaultServer:
             if self.die_after is not None and len(self.requests) >= self.die_after:
                 self._log({**record, "fault": "die"})
                 os._exit(3)  # the process dies with this request (and any others) in flight
-            for_kind = self.by_kind.get(record["kind"])
-            fault = (for_kind or self.script or deque([self.default])).popleft()
+            body = json.dumps(record["body"], sort_keys=True)
+            if self.first_tries is not None and body not in self._bodies_seen:
+                self._bodies_seen.add(body)
+                fault = self.first_tries
+            else:
+                for_kind = self.by_kind.get(record["kind"])
+                fault = (for_kind or self.script or deque([self.default])).popleft()
             record["fault"] = fault
             self.requests.append(record)
             return fault
@@ -141,6 +154,7 @@ class FaultServer:
 
 class _HTTPServer(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 128  # listen backlog: the default 5 drops connections when dozens of calls arrive at once
     block_on_close = False
     fault: FaultServer
 
@@ -195,7 +209,8 @@ class _Handler(BaseHTTPRequestHandler):
         if fault in ("500", "503", "429"):
             code = int(fault)
             error = {"message": f"injected {code}", "type": "InternalServerError", "code": code}
-            self._json(code, {"error": error}, extra={"Retry-After": "0"} if code == 429 else None)
+            retry_after = server.retry_after if code in (429, 503) else None
+            self._json(code, {"error": error}, extra=None if retry_after is None else {"Retry-After": retry_after})
         elif fault == "malformed":
             self._send(200, b'{"id": "chatcmpl-1", "choices": [{"index": 0, "mess', "application/json")
         elif fault == "bad_shape":  # valid JSON, wrong types: `message` a string, not an object

@@ -297,10 +297,10 @@ class _Graph:
         self.model_calls += 1
         return _respond_or_fail(messages, sampling, choices)
 
-    def astream_batch(self, queries, *, max_concurrency):
+    def astream_batch(self, queries, *, max_concurrency, progress=None):
         queries = list(queries)
         self.asked += [query.id for query in queries]
-        return self.graph.astream_batch(queries, max_concurrency=max_concurrency)
+        return self.graph.astream_batch(queries, max_concurrency=max_concurrency, progress=progress)
 
 
 def _item(tmp_path: Path, item_id: str, text: str | None = None) -> BatchItem:
@@ -336,7 +336,9 @@ def test_run_batch_records_every_new_item_once_and_skips_what_is_done(tmp_path: 
 
     summary, seen = _run(graph, items, results)
 
-    assert summary.model_dump() == {"total": 7, "skipped": 2, "duplicates": 1, "ok": 2, "errors": 2}
+    assert summary.model_dump() == {
+        "total": 7, "skipped": 2, "duplicates": 1, "ok": 2, "errors": 2, "errors_before": 1, "failed": 3,
+    }  # fmt: skip
     assert sorted(graph.asked) == ["broken", "calm", "stormy"]
     appended = _lines(path)[2:]
     assert seen == appended
@@ -362,10 +364,11 @@ def test_run_batch_retries_errors_only_when_asked(tmp_path: Path) -> None:
     graph = _Graph()
     summary, seen = _run(graph, items, results)
     assert (summary.skipped, summary.ok, summary.errors, seen, graph.asked) == (3, 0, 0, [], [])
+    assert summary.failed == summary.errors_before == 2, "errors recorded by an earlier run still count as failed"
 
     graph = _Graph()
     summary, seen = _run(graph, items, ResultsFile(path, BatchRecord), retry_errors=True)
-    assert (summary.skipped, summary.ok, summary.errors) == (1, 1, 1)
+    assert (summary.skipped, summary.ok, summary.errors, summary.failed) == (1, 1, 1, 1)
     assert graph.asked == ["failed"]
     assert [record.id for record in seen] == ["bad", "failed"]
     reopened = ResultsFile(path, BatchRecord)

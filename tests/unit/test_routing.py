@@ -184,3 +184,13 @@ def test_abatch_keeps_input_order_and_bounds_concurrency(noise_image, tmp_path):
     assert [r.query_id for r in results] == [q.id for q in queries]
     assert all(r.label == "awe" for r in results)
     assert 1 < peak <= 3 * 2  # 3 graphs at once, each with up to 2 concurrent reflection calls
+
+
+def test_progress_names_each_node_as_it_starts_with_its_round(noise_image):
+    events = []
+    graph = graph_with(scripted(coherence="fear"), max_rounds=1)
+    result = graph.run(EmotionQuery(id="q1", images=[noise_image]), progress=events.append)
+    assert [(e.node, e.round) for e in events] == [
+        ("perceive", 0), ("reason", 0), ("reflect", 0), ("reason", 1), ("reflect", 1), ("finalize", 1),
+    ]  # fmt: skip
+    assert [e.node for e in events] == result.path and {e.query_id for e in events} == {"q1"}

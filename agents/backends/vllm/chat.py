@@ -11,19 +11,30 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import random
 import time
-from typing import Any
+from datetime import UTC, datetime
+from typing import Any, NamedTuple, Unpack
 
 import httpx
 
 from emo_r3.agents.backends.vllm.auth import auth_headers
+from emo_r3.agents.backends.vllm.retry_policy import RetryPolicy, RetrySettings, next_wait, retry_after_s
 from emo_r3.agents.chat_model import ChatMessage, Completion, ImagePart, ModelCallError, SamplingParams, Usage
 
 RETRY_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRY_AFTER_STATUS = frozenset({429, 503})  # the answers whose Retry-After says when to come back
 
 
 class ServerNotReadyError(ModelCallError):
     """No usable vLLM server at the configured address; the message says how to start one."""
+
+
+class _Failure(NamedTuple):
+    """An attempt that may succeed if tried again: what went wrong, and the wait the server asked for (if any)."""
+
+    problem: str
+    retry_after: float | None = None
 
 
 class VLLMChatModel:
@@ -32,6 +43,7 @@ class VLLMChatModel:
     `model` is the server's `--served-model-name`; `adapter`, when set, is a LoRA adapter name on that server
     (`--lora-modules NAME=DIR` or `/v1/load_lora_adapter`), which requests then address instead.
     The API key is read from the environment variable `api_key_env` at call time and never stored in records.
+    `retry` takes RetryPolicy's fields (max_retries, backoff_s, backoff_cap_s, retry_budget_s).
     """
 
     def __init__(
@@ -43,9 +55,8 @@ class VLLMChatModel:
         api_key_env: str | None = None,
         supports_images: bool = True,
         timeout_s: float = 120.0,
-        max_retries: int = 3,
-        backoff_s: float = 0.5,
         max_connections: int = 64,
+        **retry: Unpack[RetrySettings],
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
@@ -54,8 +65,10 @@ class VLLMChatModel:
         self._supports_images = supports_images
         self._timeout_s = timeout_s
         self._timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
-        self._max_retries = max_retries
-        self._backoff_s = backoff_s
+        self._retry = RetryPolicy(**retry)
+        # os.urandom per draw: no state that a seeded global `random`, a fork or a pickled copy could share, which
+        # would send the workers' "random" retries back at the same instants.
+        self._rng = random.SystemRandom()
         self._limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         self._clients: dict[asyncio.AbstractEventLoop, httpx.AsyncClient] = {}
 
@@ -175,43 +188,64 @@ class VLLMChatModel:
     async def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         url = f"{self.base_url}{path}"
         headers = auth_headers(self._api_key_env)
-        problem = ""
-        for attempt in range(self._max_retries + 1):
-            if attempt:
-                await asyncio.sleep(self._backoff_s * 2 ** (attempt - 1))
-            try:
-                # The deadline covers the whole answer: httpx's read timeout is per read, so a server that
-                # trickles bytes would never time out.
-                async with asyncio.timeout(self._timeout_s):
-                    response = await self._client().post(url, json=body, headers=headers)
-            except (httpx.ConnectError, httpx.ConnectTimeout) as error:
-                problem = f"vLLM server unreachable ({type(error).__name__}: {error})"
-                continue
-            except (httpx.TimeoutException, TimeoutError) as error:
-                # Not a passing fault: a generation that ran past the deadline would run past it again, and
-                # retrying would multiply the wait (4 tries x 120 s) before the user hears anything.
-                raise ModelCallError(
-                    f"{url}: no answer within {self._timeout_s} s ({type(error).__name__}); not retried, since a "
-                    "request that timed out would most likely time out again: check the server, or raise the model "
-                    "spec's `timeout_s` for long answers"
-                ) from error
-            except (httpx.NetworkError, httpx.RemoteProtocolError) as error:  # reset, closed, died mid-answer
-                problem = f"connection to the vLLM server lost ({type(error).__name__}: {error})"
-                continue
-            except httpx.TransportError as error:  # not transient (e.g. unsupported protocol): no retry
-                raise ModelCallError(f"{url}: {type(error).__name__}: {error}") from error
-            if response.status_code in RETRY_STATUS:
-                problem = f"HTTP {response.status_code}: {_error_text(response)}"
-                continue
-            if response.status_code != 200:
-                raise ModelCallError(
-                    f"{url} rejected the request: HTTP {response.status_code}: {_error_text(response)}"
-                )
-            try:
-                return _json(response, self.base_url)
-            except ModelCallError as error:
-                problem = str(error)
-        raise ModelCallError(f"{url}: {problem} (gave up after {self._max_retries + 1} attempts)")
+        policy, waited = self._retry, 0.0
+        for retry in range(policy.max_retries + 1):
+            outcome = await self._attempt(url, body, headers)
+            if not isinstance(outcome, _Failure):
+                return outcome
+            if retry < policy.max_retries:
+                wait = next_wait(policy, retry, waited_s=waited, retry_after=outcome.retry_after, rng=self._rng)
+                if wait is None:
+                    raise ModelCallError(self._over_budget(url, outcome, retry + 1, waited))
+                await asyncio.sleep(wait)
+                waited += wait
+        raise ModelCallError(
+            f"{url}: {outcome.problem} (gave up after {policy.max_retries + 1} attempts; the model spec's "
+            "`max_retries` sets how many)"
+        )
+
+    def _over_budget(self, url: str, failure: _Failure, attempts: int, waited: float) -> str:
+        asked = "the next backoff"
+        if failure.retry_after is not None:
+            asked = f"the server's Retry-After of {failure.retry_after:g} s"
+        return (
+            f"{url}: {failure.problem} (gave up after {attempts} attempt(s): waiting {asked} would pass the call's "
+            f"retry budget of {self._retry.retry_budget_s:g} s, {waited:.1f} s of it spent; raise the model spec's "
+            "`retry_budget_s` to let calls wait longer for a busy server)"
+        )
+
+    async def _attempt(self, url: str, body: dict[str, Any], headers: dict[str, str]) -> dict[str, Any] | _Failure:
+        """One request: the answer, a _Failure worth retrying, or a ModelCallError for faults a retry cannot fix."""
+        try:
+            # The deadline covers the whole answer: httpx's read timeout is per read, so a server that
+            # trickles bytes would never time out.
+            async with asyncio.timeout(self._timeout_s):
+                response = await self._client().post(url, json=body, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as error:
+            return _Failure(f"vLLM server unreachable ({type(error).__name__}: {error})")
+        except (httpx.TimeoutException, TimeoutError) as error:
+            # Not a passing fault: a generation that ran past the deadline would run past it again, and
+            # retrying would multiply the wait (4 tries x 120 s) before the user hears anything.
+            raise ModelCallError(
+                f"{url}: no answer within {self._timeout_s} s ({type(error).__name__}); not retried, since a "
+                "request that timed out would most likely time out again: check the server, or raise the model "
+                "spec's `timeout_s` for long answers"
+            ) from error
+        except (httpx.NetworkError, httpx.RemoteProtocolError) as error:  # reset, closed, died mid-answer
+            return _Failure(f"connection to the vLLM server lost ({type(error).__name__}: {error})")
+        except httpx.TransportError as error:  # not transient (e.g. unsupported protocol): no retry
+            raise ModelCallError(f"{url}: {type(error).__name__}: {error}") from error
+        if response.status_code in RETRY_STATUS:
+            retry_after = None
+            if response.status_code in RETRY_AFTER_STATUS:
+                retry_after = retry_after_s(response.headers.get("Retry-After"), now=datetime.now(UTC))
+            return _Failure(f"HTTP {response.status_code}: {_error_text(response)}", retry_after)
+        if response.status_code != 200:
+            raise ModelCallError(f"{url} rejected the request: HTTP {response.status_code}: {_error_text(response)}")
+        try:
+            return _json(response, self.base_url)
+        except ModelCallError as error:
+            return _Failure(str(error))
 
     def _client(self) -> httpx.AsyncClient:
         # A pooled client belongs to the event loop that created it; `EmotionGraph.run` makes one loop per call.
