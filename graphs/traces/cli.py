@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -13,6 +15,7 @@ from rich.text import Text
 
 from emo_r3.graphs.cli.console import data, err, out, print_error
 from emo_r3.graphs.cli.output_paths import OutputPathError, check_output_file
+from emo_r3.graphs.traces.otel_destination import OtelConfigError, environment_endpoint
 from emo_r3.graphs.traces.records import RunDetail, RunFilter
 from emo_r3.graphs.traces.store import DEFAULT_TRACE_PATH, TraceStore, TraceStoreError
 from emo_r3.graphs.traces.terminal_views import run_diff, run_tree, runs_table
@@ -29,6 +32,7 @@ MAX_LIST = 100_000  # rows one `traces list` prints; page with --offset beyond
 MAX_OFFSET = 10**15  # SQLite's OFFSET is a 64-bit integer; far past any store
 
 StoreOption = Annotated[Path, typer.Option("--traces", help="the trace store (SQLite file)")]
+JsonOption = Annotated[bool, typer.Option("--json", help="print JSON on stdout instead of a table")]
 
 
 def _open(path: Path) -> TraceStore:
@@ -77,6 +81,7 @@ def list_runs(
     since: Annotated[str | None, typer.Option(help="ISO date/time (UTC unless given)")] = None,
     limit: Annotated[int, typer.Option(min=1, max=MAX_LIST)] = 50,
     offset: Annotated[int, typer.Option(min=0, max=MAX_OFFSET)] = 0,
+    as_json: JsonOption = False,
 ) -> None:
     """Recorded runs, newest first."""
     if status not in (None, "ok", "error"):
@@ -84,8 +89,13 @@ def list_runs(
     where = RunFilter(status=status, label=label, termination=termination, since=_since(since))
     store = _open(traces)
     runs = _read(store.list_runs, where, limit=limit, offset=offset)
+    total = _read(store.count_runs, where)
+    if as_json:
+        page = {"total": total, "offset": offset, "runs": [run.model_dump(mode="json") for run in runs]}
+        sys.stdout.write(json.dumps(page) + "\n")
+        return
     out.print(runs_table(runs))
-    err.print(Text(f"{offset + len(runs)} of {_read(store.count_runs, where)} runs"))
+    err.print(Text(f"{offset + len(runs)} of {total} runs"))
 
 
 @traces_app.command()
@@ -93,9 +103,16 @@ def show(
     run_id: Annotated[str, typer.Argument(help="run id or a unique prefix")],
     traces: StoreOption = DEFAULT_TRACE_PATH,
     full: Annotated[bool, typer.Option("--full", help="whole prompts and token ids")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="print the whole run as JSON (as `traces export` writes it)")
+    ] = False,
 ) -> None:
     """A run as a tree: path, each node's calls with prompt and answer, the checks, timings and reward."""
-    out.print(run_tree(_load(_open(traces), run_id), full=full))
+    detail = _load(_open(traces), run_id)
+    if as_json:
+        sys.stdout.write(detail.model_dump_json() + "\n")
+        return
+    out.print(run_tree(detail, full=full))
 
 
 @traces_app.command()
@@ -110,14 +127,25 @@ def diff(
         out.print(renderable)
 
 
-def otel_exporter(endpoint: str, *, include_content: bool = False) -> OtelRunExporter:
-    """An OpenTelemetry exporter, or a clear exit when the optional dependencies are missing."""
+def otel_exporter(endpoint: str | None, *, include_content: bool = False) -> OtelRunExporter | None:
+    """The OpenTelemetry exporter that `--otlp URL`, the application's tracer provider or the OTEL_EXPORTER_OTLP_*
+    variables ask for (precedence: emo_r3.graphs.traces.otel), None when nothing does; a clear exit when the
+    optional dependencies are missing or the settings cannot work."""
     try:
-        from emo_r3.graphs.traces.otel import OtelRunExporter
+        from emo_r3.graphs.traces.otel import OtelRunExporter, current_destination
     except ImportError as error:
+        named = None if endpoint else environment_endpoint(os.environ)
+        if endpoint is None and named is None:
+            return None  # nobody asked for spans, so nobody needs the extra
+        print_error(f"{error}; {named[0]} asks for spans (unset it to run without)" if named else error)
+        raise typer.Exit(2) from error
+    try:
+        if current_destination(endpoint) is None:
+            return None
+        return OtelRunExporter(endpoint, include_content=include_content)
+    except OtelConfigError as error:
         print_error(error)
         raise typer.Exit(2) from error
-    return OtelRunExporter(endpoint, include_content=include_content)
 
 
 @traces_app.command()
@@ -187,15 +215,16 @@ def _same_file(a: Path, b: Path) -> bool:
 
 def _export_spans(store: TraceStore, where: RunFilter, endpoint: str, include_content: bool) -> None:
     exporter = otel_exporter(endpoint, include_content=include_content)
+    assert exporter is not None  # an explicit endpoint always makes one
     count = 0
     for detail in _read(store.iter_runs, where):
         exporter.export_stored(detail)
         count += 1
     exporter.shutdown()
     if exporter.failures:
-        print_error(f"{exporter.failures} runs or span batches could not be sent to {endpoint}")
+        print_error(f"{exporter.failures} runs or span batches could not be sent to {exporter.destination}")
         raise typer.Exit(1)
-    err.print(Text(f"exported {count} runs as OpenTelemetry spans to {endpoint}"))
+    err.print(Text(f"exported {count} runs as OpenTelemetry spans to {exporter.destination}"))
 
 
 @traces_app.command()

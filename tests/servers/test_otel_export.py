@@ -4,12 +4,15 @@ The span plan itself: tests/unit/test_otel_plan.py."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -20,8 +23,13 @@ from scripted_otel_runs import by_key
 from emo_r3.agents.backends.vllm.process import free_port
 from emo_r3.graphs.traces.otel import OtelRunExporter, SpanPlan, run_spans_plan
 from emo_r3.graphs.traces.store import TraceStore
+from emo_r3.graphs.trajectory import EmotionResult
 
 PHOENIX_VERSION = "20.26.1"
+# Phoenix's own rules: at least 32 characters with a digit and a lower-case letter; the admin secret, different
+# from the JWT secret, is accepted as a bearer token on every API route, OTLP ingest (/v1/traces) included.
+JWT_SECRET = "jwt-signing-secret-0123456789abcdef"
+ADMIN_TOKEN = "admin-bearer-token-0123456789abcdef"
 PHOENIX_INSTALL = (
     "python3 -m venv .venv-phoenix && "
     f".venv-phoenix/bin/pip install -c constraints.txt arize-phoenix=={PHOENIX_VERSION}"
@@ -47,17 +55,16 @@ def phoenix_executable() -> Path:
     )
 
 
-@pytest.fixture(scope="module")
-def phoenix(tmp_path_factory) -> Iterator[str]:
+@contextmanager
+def running_phoenix(workdir: Path, **settings: str) -> Iterator[str]:
     """A Phoenix server on free loopback ports with its own SQLite file; yields its base URL."""
-    workdir = tmp_path_factory.mktemp("phoenix")
     port = free_port()
     inherited = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env = inherited | {  # Phoenix runs from its own venv: nothing of ours may leak onto its import path
         "PHOENIX_HOST": "127.0.0.1", "PHOENIX_PORT": str(port), "PHOENIX_GRPC_PORT": str(free_port()),
         "PHOENIX_WORKING_DIR": str(workdir), "PHOENIX_TELEMETRY_ENABLED": "false",
         "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
-    }  # fmt: skip
+    } | settings  # fmt: skip
     log = (workdir / "phoenix.log").open("wb")
     server = subprocess.Popen([phoenix_executable(), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
@@ -74,6 +81,28 @@ def phoenix(tmp_path_factory) -> Iterator[str]:
         log.close()
 
 
+@pytest.fixture(scope="module")
+def phoenix(tmp_path_factory) -> Iterator[str]:
+    with running_phoenix(tmp_path_factory.mktemp("phoenix")) as url:
+        yield url
+
+
+@pytest.fixture(scope="module")
+def phoenix_with_auth(tmp_path_factory) -> Iterator[str]:
+    """Phoenix with authentication on: OTLP ingest and its REST API want a bearer token (ADMIN_TOKEN here)."""
+    settings = {"PHOENIX_ENABLE_AUTH": "true", "PHOENIX_SECRET": JWT_SECRET, "PHOENIX_ADMIN_SECRET": ADMIN_TOKEN}
+    with running_phoenix(tmp_path_factory.mktemp("phoenix-auth"), **settings) as url:
+        yield url
+
+
+@pytest.fixture
+def no_otel_settings(monkeypatch) -> dict[str, str]:
+    """This process without the machine's OTEL_* variables; returns that environment for child processes."""
+    for variable in [name for name in os.environ if name.startswith("OTEL_")]:
+        monkeypatch.delenv(variable)
+    return dict(os.environ)
+
+
 def wait_until_ready(server: subprocess.Popen, url: str, log: Path, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -88,13 +117,20 @@ def wait_until_ready(server: subprocess.Popen, url: str, log: Path, timeout_s: f
     pytest.fail(f"Phoenix did not answer {url}/healthz within {timeout_s} s:\n{log.read_text()[-3000:]}")
 
 
-def read_traces(url: str, trace_ids: list[str], count: int, timeout_s: float = 30) -> dict[str, list[dict]]:
+def read_traces(
+    url: str, trace_ids: list[str], count: int, timeout_s: float = 30, token: str | None = None
+) -> dict[str, list[dict]]:
     """Each trace's spans as Phoenix stored them; it ingests in the background, so wait for `count` spans each."""
     deadline = time.monotonic() + timeout_s
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     while True:
         reply = httpx.get(
-            f"{url}/v1/projects/default/spans/otlpv1", params={"trace_id": trace_ids, "limit": 1000}, timeout=10
+            f"{url}/v1/projects/default/spans/otlpv1",
+            params={"trace_id": trace_ids, "limit": 1000},
+            headers=headers,
+            timeout=10,
         )
+        assert reply.status_code != 401, "Phoenix wants a token to read spans back"
         traces: dict[str, list[dict]] = {trace_id: [] for trace_id in trace_ids}
         for span in reply.json()["data"] if reply.status_code == 200 else []:
             traces[span["trace_id"]].append(span)
@@ -103,8 +139,8 @@ def read_traces(url: str, trace_ids: list[str], count: int, timeout_s: float = 3
         time.sleep(0.2)
 
 
-def read_trace(url: str, trace_id: str, count: int) -> list[dict]:
-    return read_traces(url, [trace_id], count)[trace_id]
+def read_trace(url: str, trace_id: str, count: int, **options) -> list[dict]:
+    return read_traces(url, [trace_id], count, **options)[trace_id]
 
 
 def otlp_value(value: dict):
@@ -200,9 +236,6 @@ def test_export_stored_run_ends_when_it_was_recorded(phoenix, accepted, tmp_path
 
 def test_cli_exports_a_store_and_live_runs_to_the_receiver(phoenix, tmp_path, bundled_images, tiny_config):
     """`emo-r3 run --otlp` exports live; `emo-r3 traces export --otlp` sends what a store holds."""
-    import json
-    import sys
-
     config = tiny_config
     traces, emo_r3 = tmp_path / "traces.sqlite", [sys.executable, "-m", "emo_r3.graphs.cli"]
     endpoint = f"{phoenix}/v1/traces"
@@ -223,3 +256,91 @@ def test_cli_exports_a_store_and_live_runs_to_the_receiver(phoenix, tmp_path, bu
     dead = subprocess.run([*emo_r3, "traces", "export", "--traces", str(traces), "--otlp", nobody],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert dead.returncode == 1 and "could not be sent" in dead.stderr
+
+
+# -- the application's tracer provider, and the standard OTEL_* variables ----------------------------------
+
+
+def test_runs_nest_under_the_application_span(phoenix, noise_image, no_otel_settings):
+    """An application with its own SDK provider runs the graph inside its request span: in Phoenix each run's root
+    is a child of that span, in the application's trace."""
+    script = ROOT / "tests" / "support" / "otel_application.py"
+    app = subprocess.run(
+        [sys.executable, str(script), f"{phoenix}/v1/traces", str(noise_image)],
+        env=no_otel_settings, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert app.returncode == 0, app.stderr
+    report = json.loads(app.stdout)
+    assert report["destination"] == "application"
+    runs = [EmotionResult.model_validate(result) for result in report["results"]]
+    plans = {run.trajectory.id: run_spans_plan(run) for run in runs}
+    expected = 1 + sum(len(plan) for plan in plans.values())
+    spans = read_trace(phoenix, report["trace_id"], expected)
+    assert len(spans) == expected  # every span of every run is in the application's trace
+    [request] = [span for span in spans if not span["parent_span_id"]]
+    assert (request["name"], request["span_id"]) == ("POST /classify", report["span_id"])
+    roots = {attribute(span, "emo_r3.run.id"): span for span in spans if span["name"] == "invoke_workflow emo-r3"}
+    assert roots.keys() == plans.keys()
+    assert {root["parent_span_id"] for root in roots.values()} == {report["span_id"]}
+    for run_id, root in roots.items():  # below each root, its own run's spans only
+        assert len(descendants(spans, root["span_id"])) == len(plans[run_id]) - 1
+
+
+def attribute(span: dict, key: str):
+    return next((otlp_value(a["value"]) for a in span["attributes"] if a["key"] == key), None)
+
+
+def descendants(spans: list[dict], span_id: str) -> list[dict]:
+    children = [span for span in spans if span["parent_span_id"] == span_id]
+    return children + [grandchild for child in children for grandchild in descendants(spans, child["span_id"])]
+
+
+def test_headers_from_the_environment_reach_the_receiver(phoenix_with_auth, accepted, monkeypatch, caplog):
+    """Phoenix with authentication refuses spans without a token; OTEL_EXPORTER_OTLP_HEADERS carries it."""
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", raising=False)
+    monkeypatch.delenv("OTEL_EXPORTER_OTLP_HEADERS", raising=False)
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix_with_auth)  # a base URL: /v1/traces is appended
+    started_at = time.time() - 30
+    refused = OtelRunExporter()
+    refused.export(accepted, started_at=started_at)
+    refused.shutdown()
+    assert refused.failures == 1
+    assert "code: 401" in caplog.text  # the receiver's answer, logged by OpenTelemetry's exporter
+    plans = run_spans_plan(accepted)
+    assert f"could not send {len(plans)} spans to {phoenix_with_auth} (OTEL_EXPORTER_OTLP_ENDPOINT)" in caplog.text
+    assert "set OTEL_EXPORTER_OTLP_HEADERS" in caplog.text
+    assert read_trace(phoenix_with_auth, accepted.trajectory.id, 1, timeout_s=2, token=ADMIN_TOKEN) == []
+
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer%20{ADMIN_TOKEN}")
+    sent = OtelRunExporter()
+    sent.export(accepted, started_at=started_at)
+    sent.shutdown()
+    assert sent.failures == 0
+    check_trace_matches_plan(read_trace(phoenix_with_auth, accepted.trajectory.id, len(plans), token=ADMIN_TOKEN),
+                             plans, started_at)  # fmt: skip
+
+
+def test_cli_follows_the_otel_variables(phoenix_with_auth, tmp_path, bundled_images, tiny_config, no_otel_settings):
+    """`emo-r3 run` with no --otlp exports where the OTEL_* variables say, with their headers; `traces export
+    --otlp` without the token says what went wrong and what to set."""
+    emo_r3, traces = [sys.executable, "-m", "emo_r3.graphs.cli"], tmp_path / "traces.sqlite"
+    otel = {
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{phoenix_with_auth}/v1/traces",
+        "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{ADMIN_TOKEN}",
+    }
+    live = subprocess.run(
+        [*emo_r3, "run", str(bundled_images["coffee"]), "--config", str(tiny_config), "--traces", str(traces),
+         "--json"], env=no_otel_settings | otel, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert live.returncode == 0, live.stderr
+    run_id = json.loads(live.stdout)["trajectory"]["id"]
+    plans = run_spans_plan(TraceStore(traces, readonly=True).get_run(run_id).result)
+    assert len(read_trace(phoenix_with_auth, run_id, len(plans), token=ADMIN_TOKEN)) == len(plans)
+
+    endpoint = f"{phoenix_with_auth}/v1/traces"
+    no_token = subprocess.run([*emo_r3, "traces", "export", "--traces", str(traces), "--otlp", endpoint],
+                              env=no_otel_settings, capture_output=True, text=True, check=False)  # fmt: skip
+    assert no_token.returncode == 1
+    assert "code: 401" in no_token.stderr and "set OTEL_EXPORTER_OTLP_HEADERS" in no_token.stderr
+    assert f"1 runs or span batches could not be sent to {endpoint}" in no_token.stderr

@@ -11,6 +11,7 @@ from emo_r3.agents.backends.scripted import ScriptedChatModel
 from emo_r3.agents.chat_model import ModelCallError
 from emo_r3.graphs import EmotionGraph, EmotionQuery, EmotionResult, GraphConfig
 from emo_r3.graphs.traces.otel import SpanPlan
+from emo_r3.graphs.traces.recorder import TraceRecorder
 
 GOOD_SET = "<step2>They feel tiny and amazed.</step2><step3>valence: positive; arousal: low</step3> \\boxed{awe}"
 PERCEPTION = "<step1>A huge waterfall in a canyon.</step1>"
@@ -40,11 +41,14 @@ def responder(*, coherence: str = "awe", fail_reason_call: int | None = None, fa
     return respond
 
 
-def run_graph(image: Path, *, max_rounds: int = 1, text: str | None = None, **answers) -> EmotionResult:
+def scripted_graph(*, max_rounds: int = 1, traces: TraceRecorder | None = None, **answers) -> EmotionGraph:
     model = ScriptedChatModel(responder(**answers), model_id="scripted-vlm")
-    config = GraphConfig(max_rounds=max_rounds)
-    graph = EmotionGraph.from_config(config, models=dict.fromkeys(("perceiver", "reasoner", "reflector"), model))
-    return graph.run(EmotionQuery(images=[image], text=text))
+    roles = dict.fromkeys(("perceiver", "reasoner", "reflector"), model)
+    return EmotionGraph.from_config(GraphConfig(max_rounds=max_rounds), models=roles, traces=traces)
+
+
+def run_graph(image: Path, *, max_rounds: int = 1, text: str | None = None, **answers) -> EmotionResult:
+    return scripted_graph(max_rounds=max_rounds, **answers).run(EmotionQuery(images=[image], text=text))
 
 
 def loop_then_failure_run(image: Path) -> EmotionResult:
