@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import io
 import math
+import re
 import stat
 import warnings
 from collections.abc import Iterator
@@ -41,6 +44,16 @@ class PreparedImage(BaseModel):
     def png_bytes(self) -> bytes:
         return self._png
 
+    @classmethod
+    def from_png(cls, png: bytes, *, source: str | None = None) -> PreparedImage:
+        """An image back from the PNG bytes `prepare_image` made (e.g. out of a checkpoint); the hash is checked."""
+        digest = hashlib.sha256(png).hexdigest()
+        with pil_errors(source), Image.open(io.BytesIO(png)) as opened:
+            width, height = opened.size
+        image = cls(sha256=digest, width=width, height=height, source=source)
+        image._png = png
+        return image
+
     def to_pil(self) -> Image.Image:
         return Image.open(io.BytesIO(self._png)).convert("RGB")
 
@@ -55,6 +68,9 @@ def prepare_image(
 
     Raises ImageError for missing, empty, corrupt, truncated or oversized inputs.
     """
+    inline = _inline_image(data) if isinstance(data, str) else None
+    if inline is not None:  # a data URL or base64 text (JSON inputs): bytes, not a path
+        data = inline
     source = str(data) if isinstance(data, str | Path) else None
     image = data if isinstance(data, Image.Image) else _decode(data, source, max_decode_pixels)
     rgb = _to_rgb(image)
@@ -65,6 +81,30 @@ def prepare_image(
     prepared = PreparedImage(sha256=hashlib.sha256(png).hexdigest(), width=rgb.width, height=rgb.height, source=source)
     prepared._png = png
     return prepared
+
+
+_DATA_URL = re.compile(r"data:image/[\w.+-]+;base64,", re.IGNORECASE)
+_BASE64_TEXT = re.compile(r"[A-Za-z0-9+/\s]{64,}={0,2}\s*")
+# What an image file starts with (PNG, JPEG, GIF, WebP's RIFF, BMP, TIFF both ways): base64 text that decodes to
+# anything else is not taken for an image, so a long odd file name is never misread as pixels.
+_IMAGE_MAGIC = (b"\x89PNG", b"\xff\xd8\xff", b"GIF8", b"RIFF", b"BM", b"II*\x00", b"MM\x00*")
+
+
+def _inline_image(text: str) -> bytes | None:
+    """The bytes of a `data:image/...;base64,` URL or of plain base64 text holding an image; None for a path."""
+    url = _DATA_URL.match(text)
+    if url is not None:
+        try:
+            return base64.b64decode(text[url.end() :], validate=True)
+        except binascii.Error as error:
+            raise ImageError(f"a data URL whose base64 payload cannot be decoded ({error})") from error
+    if not _BASE64_TEXT.fullmatch(text):
+        return None
+    try:
+        data = base64.b64decode("".join(text.split()), validate=True)
+    except binascii.Error:
+        return None
+    return data if data.startswith(_IMAGE_MAGIC) else None
 
 
 def _decode(data: bytes | str | Path, source: str | None, max_decode_pixels: int) -> Image.Image:

@@ -27,12 +27,19 @@ class ConfigError(ValueError):
 
 
 class TransformersModelSpec(BaseModel):
-    """A model run in this process. `path` is a local HF folder, or `offline:<kind>` for a model built locally."""
+    """A model run in this process. `path` is a local HF folder, a Hugging Face Hub id (`org/name`, from the HF
+    cache or downloaded into it), or `offline:<kind>` for a model built locally."""
 
     model_config = ConfigDict(extra="forbid")
 
     backend: Literal["transformers"] = "transformers"
-    path: str = "offline:smollm2-idefics3"
+    path: str = Field(
+        "offline:smollm2-idefics3",
+        description="a local HF folder, a Hub id such as Qwen/Qwen2.5-VL-3B-Instruct, or offline:<kind>",
+    )
+    revision: str | None = Field(
+        None, min_length=1, description="for a Hub id: the branch, tag or commit to load (default: its main branch)"
+    )
     device: str = Field("auto", description="auto = cuda if available, else cpu; or e.g. cuda:1")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto = bfloat16 on GPU, float32 on CPU"
@@ -71,11 +78,20 @@ ModelSpec = Annotated[
 ]
 
 
-def resolve_model_dir(path: str, cache_dir: Path | None = None) -> Path:
-    """A local folder as given, or an offline model built into the cache on first use."""
+def resolve_model_dir(path: str, cache_dir: Path | None = None, *, revision: str | None = None) -> Path:
+    """The model folder `path` names: `offline:<kind>` built into the cache on first use, a local folder as given,
+    or a Hub id's snapshot in the Hugging Face cache (fetched unless offline) at `revision`."""
+    from emo_r3.agents.hub_models import hub_snapshot, is_hub_id
     from emo_r3.agents.offline_models import MODEL_KINDS, ensure_model
 
     offline = [OFFLINE_PREFIX + kind for kind in MODEL_KINDS]
+    if is_hub_id(path):
+        return hub_snapshot(path, revision)
+    if revision is not None:
+        raise ConfigError(
+            f"`revision: {revision}` applies only to a Hugging Face Hub id (org/name), but path {path!r} is "
+            "not one (an existing local folder, a path or an offline kind): remove `revision`"
+        )
     if path.startswith(OFFLINE_PREFIX):
         kind = path.removeprefix(OFFLINE_PREFIX)
         if kind not in MODEL_KINDS:
@@ -84,8 +100,8 @@ def resolve_model_dir(path: str, cache_dir: Path | None = None) -> Path:
     folder = Path(path).expanduser()
     if not folder.is_dir():
         raise ConfigError(
-            f"model folder {folder} does not exist; point `models.<name>.path` at a local HF checkpoint "
-            f"or use one of {offline}"
+            f"model folder {folder} does not exist; point `models.<name>.path` at a local HF checkpoint, "
+            f"a Hugging Face Hub id such as Qwen/Qwen2.5-VL-3B-Instruct, or one of {offline}"
         )
     return folder
 
@@ -105,7 +121,7 @@ def load_chat_model(spec: TransformersModelSpec | VLLMModelSpec, *, cache_dir: P
     from emo_r3.agents.backends.transformers.chat import TransformersChatModel
 
     device, dtype = device_and_dtype(spec)
-    folder = resolve_model_dir(spec.path, cache_dir)
+    folder = resolve_model_dir(spec.path, cache_dir, revision=spec.revision)
     return TransformersChatModel.from_dir(
         folder, model_id=spec.path, device=device, dtype=dtype, batching=spec.batching
     )

