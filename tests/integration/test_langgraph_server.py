@@ -76,4 +76,5 @@ def test_langgraph_dev_serves_threads_runs_and_streaming(server, bundled_images)
     assert result["query_id"] == "coffee" and result["label"] and result["termination"] in ("accepted", "max_rounds")
     assert [call["purpose"] for call in result["trajectory"]["calls"]] == [call["purpose"] for call in calls]
     assert inline["result"]["label"] and inline["result"]["trajectory"]["images"][0]["source"] is None
-    assert "unregistered" not in log.read_text() and "Traceback" not in log.read_text()
+    served = log.read_text()
+    assert "unregistered" not in served and "Blocked deserialization" not in served and "Traceback" not in served
