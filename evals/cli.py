@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -27,7 +28,6 @@ if TYPE_CHECKING:
     from emo_r3.evals.predictions import PredictionRecord
     from emo_r3.graphs.emotion_graph import EmotionGraph
     from emo_r3.graphs.results_file import ResultsFile
-    from emo_r3.prompts import LabelSet
 
 eval_app = typer.Typer(
     help="Evaluate on the standard visual-emotion datasets.", invoke_without_command=True, add_completion=False
@@ -40,7 +40,10 @@ PREDICTIONS, METRICS, META = "predictions.jsonl", "metrics.json", "meta.json"
 def evaluate(
     ctx: typer.Context,
     dataset: Annotated[
-        str | None, typer.Option("--dataset", "-d", help="KIND:PATH, e.g. emoset:/data/EmoSet-118K")
+        str | None,
+        typer.Option(
+            "--dataset", "-d", help="KIND:PATH, e.g. emoset:/data/EmoSet-118K, hf:org/name[:config], hf:./folder"
+        ),
     ] = None,
     split: Annotated[str | None, typer.Option(help="split to use (the layout's default if omitted)")] = None,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="graph config YAML")] = None,
@@ -58,6 +61,16 @@ def evaluate(
     traces: Annotated[Path, typer.Option("--traces", help="trace store")] = DEFAULT_TRACE_PATH,
     no_traces: Annotated[bool, typer.Option("--no-traces")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the metrics as JSON on stdout")] = False,
+    image_column: Annotated[
+        str | None, typer.Option(help="hf datasets: the image column (default: image, else images)")
+    ] = None,
+    label_column: Annotated[
+        str | None, typer.Option(help="hf datasets: the label column (default: label, else answer)")
+    ] = None,
+    text_column: Annotated[str | None, typer.Option(help="hf datasets: a column of query texts")] = None,
+    id_column: Annotated[
+        str | None, typer.Option(help="hf datasets: a column of item ids (default: SPLIT:ROW)")
+    ] = None,
     verbose: options.Verbose = False,
 ) -> None:
     """Run the graph over a dataset (resumable: re-run the same command to continue), then write predictions,
@@ -68,18 +81,20 @@ def evaluate(
     if dataset is None:
         raise typer.BadParameter("--dataset KIND:PATH is required (or use `emo-r3 eval compare`)")
     quiet_third_party(verbose)
-    from emo_r3.evals.datasets import DatasetError, load_dataset, parse_dataset_spec
+    from emo_r3.evals.datasets import DatasetError, HFColumns, load_dataset, parse_dataset_spec
     from emo_r3.graphs.cli.graph_setup import graph_config, load_graph, recorder
 
+    named = {"image": image_column, "label": label_column, "text": text_column, "id": id_column}
+    columns = HFColumns(**named) if any(named.values()) else None
     try:
         kind, path = parse_dataset_spec(dataset)
-        loaded = load_dataset(kind, path, split=split, limit=limit, seed=seed)
+        loaded = load_dataset(kind, path, split=split, limit=limit, seed=seed, columns=columns)
     except DatasetError as error:
         print_error(error)
         raise typer.Exit(ExitCode.USAGE) from error
     for problem in loaded.skipped:
         print_error(problem, label="skipped", style="yellow")
-    folder = output or Path("runs") / "eval" / f"{kind}-{loaded.split or 'all'}"
+    folder = output or Path("runs") / "eval" / _folder_name(loaded)
     with _lock_predictions(folder) as results:  # held to the end: a second eval into this folder is refused
         cfg = graph_config(config, None, max_rounds)
         graph = load_graph(cfg, recorder(traces, no_traces, "eval", None))
@@ -99,6 +114,16 @@ def evaluate(
     if failed:  # skipped inputs are the dataset's (reported above), not failures of this run
         print_error(f"{failed} of {len(records)} items failed (scored as wrong); --retry-errors runs them again")
         raise typer.Exit(ExitCode.FAILED)
+
+
+def _folder_name(loaded: LoadedDataset) -> str:
+    """`KIND-SPLIT`; an hf dataset's name goes in too, since two of them share ids like `test:000000` (and an eval
+    folder resumes by id)."""
+    split = loaded.split or "all"
+    if loaded.kind != "hf":
+        return f"{loaded.kind}-{split}"
+    name = Path(loaded.path).name if isinstance(loaded.path, Path) else loaded.path
+    return f"hf-{re.sub(r'[^A-Za-z0-9._-]+', '-', name).strip('-')}-{split}"
 
 
 def _run_pending(
@@ -139,23 +164,15 @@ def _run_pending(
             graph.traces.close()
 
 
-def _scoring_label_set(loaded: LoadedDataset) -> LabelSet:
-    """The dataset's label set; for per-item candidate sets (VECBench) the union of every item's labels."""
-    from emo_r3.prompts import get_label_set
-
-    if loaded.label_set != "per-item":
-        return get_label_set(loaded.label_set)
-    return get_label_set(sorted({label for item in loaded.items for label in get_label_set(item.label_set).labels}))
-
-
 def _finish(
     folder: Path, loaded: LoadedDataset, spec: str, parity: bool, config_hash: str, records: list[PredictionRecord]
 ) -> EvalMetrics:
+    from emo_r3.evals.evaluation import scoring_label_set
     from emo_r3.evals.metrics import compute_metrics
     from emo_r3.evals.report import write_report
     from emo_r3.graphs.results_file import what_to_do
 
-    metrics = compute_metrics(records, _scoring_label_set(loaded))
+    metrics = compute_metrics(records, scoring_label_set(loaded))
     meta = {
         "dataset": spec,
         "kind": loaded.kind,

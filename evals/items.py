@@ -26,7 +26,7 @@ class LoadedDataset(BaseModel):
     """The items of one split, the label set they use, and every input that was reported and skipped."""
 
     kind: str
-    path: Path
+    path: Path | str = Field(description="the file or folder read; for `hf`, a hub name or `<memory>` (a Dataset)")
     split: str | None
     label_set: str
     items: list[EvalItem]

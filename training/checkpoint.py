@@ -1,8 +1,9 @@
 """Checkpoints for exact resume: trained weights, optimizer state, RNG states and the step (= data position).
 
-A checkpoint folder holds only data, never pickled code: each policy's trained tensors and the torch RNG states as
-safetensors, the optimizer state loaded with `weights_only=True` (tensors and numbers only), and the step, Python
-and NumPy RNG states and run settings as JSON. A crafted checkpoint can therefore fail to load, but cannot run code.
+A checkpoint folder holds only data, never a pickle: each policy's trained tensors, the optimizer's tensors and the
+torch RNG states as safetensors; the optimizer's structure (parameter groups, step counts, which tensor is which:
+`tensor_tree`), the step, Python and NumPy RNG states and the run's config (its graph inline: what `emo-r3 export`
+rebuilds the policies from) as JSON. A crafted checkpoint can therefore fail to load, but cannot run code.
 
 A checkpoint is written into a temporary folder and renamed into place, and `latest` is replaced atomically after
 it, so a process killed at any moment leaves the previous checkpoint intact.
@@ -10,12 +11,13 @@ it, so a process killed at any moment leaves the previous checkpoint intact.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import pickle
 import random
 import re
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,12 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from emo_r3.training.tensor_tree import load_tree, save_tree
+
 LATEST = "latest"
-STATE, OPTIMIZER, RNG = "state.json", "optimizer.pt", "rng.safetensors"
+STATE, RNG = "state.json", "rng.safetensors"
+OPTIMIZER_TENSORS, OPTIMIZER_STRUCTURE = "optimizer.safetensors", "optimizer.json"
+LEGACY_OPTIMIZER = "optimizer.pt"  # an older format, a pickle: recognised to say so, never read
 _STEP_FOLDER = re.compile(r"step-(\d+)")
 
 
@@ -75,7 +81,7 @@ def save_checkpoint(
     partial.mkdir()
     for index, tensors in enumerate(policies.values()):
         save_file({k: v.detach().contiguous() for k, v in tensors.items()}, partial / f"policy-{index}.safetensors")
-    torch.save(optimizer, partial / OPTIMIZER)
+    save_tree(optimizer, partial / OPTIMIZER_TENSORS, partial / OPTIMIZER_STRUCTURE)
     plain_rng, rng_tensors = rng_state()
     save_file(rng_tensors, partial / RNG)
     state = {"step": step, "policies": list(policies), "rng": plain_rng, **extra}
@@ -113,23 +119,33 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 def load_checkpoint(folder: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """{'policies', 'optimizer', 'state', 'rng'} of one checkpoint folder; only data is read, never code."""
-    try:
+    state, policies = load_policies(folder, device)
+    if not (folder / OPTIMIZER_STRUCTURE).exists() and (folder / LEGACY_OPTIMIZER).exists():
+        raise CheckpointError(
+            f"checkpoint {folder} keeps its optimizer state as a pickle ({LEGACY_OPTIMIZER}, an older format) and "
+            "cannot be resumed; `emo-r3 export` still exports its weights, or train with a new run_dir"
+        )
+    with _readable(folder):
+        optimizer = load_tree(folder / OPTIMIZER_TENSORS, folder / OPTIMIZER_STRUCTURE, device)
+        rng = load_file(folder / RNG)
+    return {"policies": policies, "optimizer": optimizer, "state": state, "rng": rng}
+
+
+def load_policies(folder: Path, device: str | torch.device = "cpu") -> tuple[dict[str, Any], dict[str, Any]]:
+    """A checkpoint's state (step, config, ...) and each policy's trained tensors by name, without the optimizer."""
+    with _readable(folder):
         state = json.loads((folder / STATE).read_text())
         policies = {
             name: load_file(folder / f"policy-{index}.safetensors", device=str(device))
             for index, name in enumerate(state["policies"])
         }
-        optimizer = torch.load(folder / OPTIMIZER, map_location=device, weights_only=True)
-        rng = load_file(folder / RNG)
-    except (
-        OSError,
-        RuntimeError,
-        EOFError,
-        ValueError,
-        KeyError,
-        TypeError,
-        pickle.UnpicklingError,
-        SafetensorError,
-    ) as error:
+    return state, policies
+
+
+@contextlib.contextmanager
+def _readable(folder: Path) -> Iterator[None]:
+    """Any failure to read or parse the folder's files as a CheckpointError naming the folder."""
+    try:
+        yield
+    except (OSError, RuntimeError, ValueError, KeyError, TypeError, SafetensorError) as error:
         raise CheckpointError(f"checkpoint {folder} cannot be read: {type(error).__name__}: {error}") from error
-    return {"policies": policies, "optimizer": optimizer, "state": state, "rng": rng}

@@ -1,7 +1,8 @@
 """`emo-r3 train --config train.yaml`: joint RL of the graph's roles, by the `local` trainer (one process) or the
-`openrlhf` trainer (OpenRLHF's DeepSpeed actors on a Ray cluster).
+`openrlhf` trainer (OpenRLHF's DeepSpeed actors on a Ray cluster); `emo-r3 export RUN_DIR --out DIR`: a run's trained
+policies as Hugging Face / PEFT folders.
 
-`emo-r3 --help` loads this module to list the command, so torch (through the training config) loads only inside it.
+`emo-r3 --help` loads this module to list the commands, so torch (through the training config) loads only inside them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from emo_r3.agents.model_specs import ConfigError
 from emo_r3.graphs.cli.console import data, err, print_error
+from emo_r3.graphs.cli.exit_codes import ExitCode
 
 if TYPE_CHECKING:
     from emo_r3.training.cluster.cluster_trainer import ClusterTrainer
@@ -51,6 +53,35 @@ def train(
     except _user_errors() as error:
         print_error(error)
         raise typer.Exit(1) from error
+
+
+export_app = typer.Typer(add_completion=False)
+
+
+@export_app.command()
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="the run folder of `emo-r3 train`")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="a new or empty folder to write")],
+    merge_lora: Annotated[
+        bool, typer.Option("--merge-lora", help="lora runs: each role's adapter merged into the base, as a full model")
+    ] = False,
+    step: Annotated[int | None, typer.Option(min=0, help="the checkpoint of this step (default: the latest)")] = None,
+) -> None:
+    """Export a run's trained policies as Hugging Face or PEFT folders.
+
+    One folder per trained policy (named after it: `shared`, or the role), loadable by `from_pretrained` and `vllm
+    serve`, and export.json + README.md saying which role uses which folder, from which run and step."""
+    from emo_r3.training.export import ExportError, export_run
+
+    try:
+        manifest = export_run(run_dir, out, merge_lora=merge_lora, step=step)
+    except (ExportError, *_user_errors()) as error:
+        print_error(error)
+        raise typer.Exit(ExitCode.USAGE) from error
+    for name, policy in manifest.policies.items():
+        kind = "PEFT adapter" if policy.format == "peft" else "Hugging Face model"
+        err.print(data(f"{out / policy.folder}: {kind} of {name!r}, roles {', '.join(policy.roles)}"))
+    err.print(data(f"done: {out} ({manifest.checkpoint} of {manifest.run_dir}; see export.json)"))
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -97,7 +128,12 @@ def _run(cfg: TrainConfig, progress: bool) -> None:
         if trainer.step:
             err.print(data(f"resuming {cfg.run_dir} at step {trainer.step}"))
         _train(trainer, cfg.steps, progress)
-    err.print(data(f"done: {cfg.run_dir} (checkpoints, traces.sqlite, tensorboard/)"))
+    written = [
+        "checkpoints/",
+        *(["traces.sqlite"] if cfg.traces else []),
+        *(["tensorboard/"] if "tensorboard" in cfg.report_to else []),
+    ]
+    err.print(data(f"done: {cfg.run_dir} ({', '.join(written)})"))
 
 
 def _train(trainer: LocalTrainer | ClusterTrainer, steps: int, progress: bool) -> None:

@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from emo_r3.agents.call_record import ROLES, Role
-from emo_r3.agents.model_specs import ConfigError, TransformersModelSpec, VLLMModelSpec
+from emo_r3.agents.hub_models import is_hub_id
+from emo_r3.agents.model_specs import OFFLINE_PREFIX, ConfigError, TransformersModelSpec, VLLMModelSpec
+from emo_r3.evals.datasets import HF, DatasetError, HFColumns, hf_source
 from emo_r3.graphs.config import GraphConfig, read_yaml
 from emo_r3.training.losses import KLKind
 from emo_r3.training.rewards import GraphTermWeights, RERWeights
 
 PolicyMode = Literal["shared", "lora", "separate"]
 Estimator = Literal["grpo", "dr_grpo", "rloo", "reinforce_baseline"]
+TrackerName = Literal["tensorboard", "wandb", "mlflow"]
 
 
 class _Section(BaseModel):
@@ -22,12 +27,30 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
-    """A dataset read by the evaluation loaders (`emo_r3.evals.datasets`), e.g. kind `emoset`, `parquet`, `fi`."""
+    """A dataset read by the evaluation loaders (`emo_r3.evals.datasets`), e.g. kind `emoset`, `parquet`, `fi`, or
+    `hf`: `path` a hub name `org/name[:config]` (kept as text) or a local folder, `columns` its image/label/text/id
+    columns (`{image: img, label: emotion}`)."""
 
     kind: str
-    path: Path
+    path: Path | str
     split: str | None = "train"
     limit: int | None = Field(None, ge=1)
+    columns: HFColumns | None = None
+
+    @field_validator("path", mode="before")
+    @classmethod
+    def _hub_name_or_path(cls, value: Any, info: ValidationInfo) -> Any:
+        """An hf hub name stays text; every other path (an hf local one too) is a Path."""
+        if isinstance(value, str) and str(info.data.get("kind", "")).strip().lower() == HF:
+            source = hf_source(value)
+            return source if isinstance(source, Path) else str(source)
+        return Path(value) if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _columns_for_hf(self) -> DataConfig:
+        if self.columns is not None and self.kind.strip().lower() != HF:
+            raise ValueError(f"data.columns is for kind hf; a {self.kind} dataset has a fixed layout")
+        return self
 
 
 class LoraConfig(_Section):
@@ -173,6 +196,21 @@ class ClusterConfig(_Section):
     openrlhf_args: list[str] = Field(default_factory=list, description="more OpenRLHF flags, e.g. --ds.zpg 8")
 
 
+class WandbConfig(_Section):
+    """`report_to: [wandb]`. Unset fields fall back to W&B's environment variables, then to the defaults; WANDB_MODE
+    (e.g. offline) and WANDB_DIR (default: the run folder) work as usual."""
+
+    project: str | None = Field(None, description="default: $WANDB_PROJECT, else 'emo-r3'")
+    entity: str | None = Field(None, description="default: $WANDB_ENTITY, else your W&B default entity")
+
+
+class MlflowConfig(_Section):
+    """`report_to: [mlflow]`. Unset fields fall back to MLflow's environment variables, then to the defaults."""
+
+    tracking_uri: str | None = Field(None, description="default: $MLFLOW_TRACKING_URI, else MLflow's own default")
+    experiment: str | None = Field(None, description="default: $MLFLOW_EXPERIMENT_NAME, else 'emo-r3'")
+
+
 class TrainConfig(_Section):
     """Validated `train.yaml`. `graph` is a graph config (inline, or a path to one) whose models are the policies."""
 
@@ -185,7 +223,7 @@ class TrainConfig(_Section):
     steps: int = Field(100, ge=1)
     save_every: int = Field(10, ge=1, description="checkpoint every N steps (and at the end)")
     keep_checkpoints: int = Field(2, ge=1)
-    data: DataConfig
+    data: DataConfig | None = Field(None, description="required unless the trainer is given `dataset=`")
     graph: GraphConfig | Path = GraphConfig()
     policy: PolicyConfig = PolicyConfig()
     rollout: RolloutConfig = RolloutConfig()
@@ -193,7 +231,41 @@ class TrainConfig(_Section):
     optim: OptimConfig = OptimConfig()
     cluster: ClusterConfig = ClusterConfig()
     traces: bool = Field(True, description="record rollouts, rewards and training rows in run_dir/traces.sqlite")
-    tensorboard: bool = True
+    report_to: list[TrackerName] = Field(
+        default_factory=lambda: ["tensorboard"],
+        description="experiment trackers that get each step's metrics (wandb and mlflow: pip install "
+        "'emo-r3[tracking]'); [] for none",
+    )
+    wandb: WandbConfig = WandbConfig()
+    mlflow: MlflowConfig = MlflowConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _tensorboard_flag(cls, data: Any) -> Any:
+        """The old `tensorboard: true|false` switch, kept working: it adds or removes `tensorboard` in `report_to`."""
+        if not isinstance(data, dict) or "tensorboard" not in data:
+            return data
+        data = dict(data)
+        on = data.pop("tensorboard")
+        if not isinstance(on, bool):
+            raise ValueError(f"tensorboard must be true or false, got {on!r}; better, list trackers in report_to")
+        warnings.warn(
+            "`tensorboard: true|false` in a training config is deprecated: list the trackers in `report_to` instead, "
+            "e.g. `report_to: [tensorboard]`, or `report_to: []` for none",
+            FutureWarning,
+            stacklevel=1,  # the callers are pydantic internals: point at this validator instead
+        )
+        others = [name for name in data.get("report_to", ["tensorboard"]) if name != "tensorboard"]
+        data["report_to"] = ["tensorboard", *others] if on else others
+        return data
+
+    @field_validator("report_to")
+    @classmethod
+    def _each_once(cls, names: list[TrackerName]) -> list[TrackerName]:
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"report_to lists {', '.join(twice)} more than once")
+        return names
 
     @model_validator(mode="after")
     def _coherent(self) -> TrainConfig:
@@ -257,6 +329,18 @@ class TrainConfig(_Section):
     def name(self) -> str:
         return self.run_name or self.run_dir.name
 
+    def saved(self) -> dict[str, Any]:
+        """The config as the JSON a checkpoint keeps: the graph inline and local model folders absolute, so the
+        policies can be rebuilt from the run folder alone (`emo-r3 export`), from any working directory."""
+        graph = self.graph_config
+        models = {
+            name: spec.model_copy(update={"path": _absolute_model_path(spec.path)})
+            if isinstance(spec, TransformersModelSpec)
+            else spec
+            for name, spec in graph.models.items()
+        }
+        return self.model_copy(update={"graph": graph.model_copy(update={"models": models})}).model_dump(mode="json")
+
     @classmethod
     def load(cls, source: str | Path | dict) -> TrainConfig:
         """From a YAML file (relative paths inside resolve against the file's folder) or a dict."""
@@ -271,6 +355,13 @@ class TrainConfig(_Section):
             raise ConfigError(f"invalid training config:\n{error}") from error
 
 
+def _absolute_model_path(path: str) -> str:
+    """A local folder made absolute; an offline kind or a Hub id (`org/name`) as written."""
+    if path.startswith(OFFLINE_PREFIX) or is_hub_id(path):
+        return path
+    return str(Path(path).expanduser().absolute())
+
+
 def _resolve_paths(data: dict, base: Path) -> dict:
     """Make `run_dir`, `data.path` and a `graph` file path relative to the config file, as users expect."""
     data = dict(data)
@@ -278,5 +369,16 @@ def _resolve_paths(data: dict, base: Path) -> dict:
         if isinstance(data.get(key), str):
             data[key] = str(base / data[key])
     if isinstance(data.get("data"), dict) and isinstance(data["data"].get("path"), str):
-        data["data"] = {**data["data"], "path": str(base / data["data"]["path"])}
+        data["data"] = {**data["data"], "path": _resolve_data_path(data["data"], base)}
     return data
+
+
+def _resolve_data_path(section: dict, base: Path) -> str | Path:
+    """`data.path` against the config's folder; an hf hub name is no path and stays as written."""
+    path = section["path"]
+    if str(section.get("kind", "")).strip().lower() != HF:
+        return str(base / path)
+    with contextlib.suppress(DatasetError):  # a malformed name: validation reports it with the config's other errors
+        source = hf_source(path, base)
+        return source if isinstance(source, Path) else path
+    return path

@@ -9,10 +9,12 @@ import random
 import shutil
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
+from emo_r3.evals.items import LoadedDataset
 from emo_r3.training.checkpoint import (
     CheckpointError,
     latest_checkpoint,
@@ -35,15 +37,18 @@ logger = logging.getLogger(__name__)
 
 class LocalTrainer:
     """Single-process trainer (CPU or one GPU). `LocalTrainer(config).train()` runs to `config.steps`, resuming from
-    the run folder's latest checkpoint if there is one."""
+    the run folder's latest checkpoint if there is one. `dataset=` (a `datasets.Dataset` or a `LoadedDataset`) trains
+    on it instead of the config's `data` section; resuming needs the same dataset again."""
 
-    def __init__(self, config: TrainConfig, *, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, *, cache_dir: Path | None = None, dataset: LoadedDataset | Any = None
+    ) -> None:
         self.config = config
         self.run_dir = config.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         _seed_everything(config.seed)
         self.scorer = Scorer(config.algorithm)
-        self.items = training_items(config)
+        self.items = training_items(config, dataset)
         self.graph_config = config.graph_config
         self.policies: PolicySet = build_policies(
             self.graph_config, config.policy, with_reference=config.algorithm.kl_coef > 0, cache_dir=cache_dir
@@ -55,9 +60,7 @@ class LocalTrainer:
         )
         self.step = 0
         self._resume()
-        self.log = RunLog(
-            self.run_dir, config.name, traces=config.traces, tensorboard=config.tensorboard, start_step=self.step
-        )
+        self.log = RunLog(config, start_step=self.step)
 
     # -- setup -------------------------------------------------------------------------------------------
 
@@ -141,7 +144,7 @@ class LocalTrainer:
         return save_checkpoint(
             self.run_dir / "checkpoints", self.step,
             policies=self.policies.state_dict(), optimizer=self.optimizer.state_dict(),
-            extra={"config": self.config.model_dump(mode="json")}, keep=self.config.keep_checkpoints,
+            extra={"config": self.config.saved()}, keep=self.config.keep_checkpoints,
         )  # fmt: skip
 
 

@@ -128,9 +128,8 @@ def _load(
     device, dtype = device_and_dtype(spec)
     low_precision = dtype in (torch.bfloat16, torch.float16)
     load_dtype = torch.float32 if full_training and low_precision else dtype
-    loaded = load_hf_model(
-        resolve_model_dir(spec.path, cache_dir), device=device, dtype=load_dtype, batching=spec.batching
-    )
+    folder = resolve_model_dir(spec.path, cache_dir, revision=spec.revision)
+    loaded = load_hf_model(folder, device=device, dtype=load_dtype, batching=spec.batching)
     if load_dtype != dtype:
         loaded.autocast_dtype = dtype
     for parameter in loaded.model.parameters():

@@ -11,11 +11,12 @@ import hashlib
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from emo_r3.agents.call_record import Role
 from emo_r3.agents.chat_model import ChatModel
-from emo_r3.evals.datasets import load_dataset
-from emo_r3.evals.items import EvalItem
+from emo_r3.evals.datasets import from_hf_dataset, load_dataset
+from emo_r3.evals.items import EvalItem, LoadedDataset
 from emo_r3.graphs.config import GraphConfig
 from emo_r3.graphs.emotion_graph import BAD_INPUT_ERRORS, EmotionGraph
 from emo_r3.graphs.state import PreparedQuery
@@ -122,13 +123,24 @@ def usable(rollouts: list[Rollout], step: int) -> list[Rollout]:
     return rollouts
 
 
-def training_items(config: TrainConfig) -> list[EvalItem]:
-    """The dataset's usable items, read by the evaluation loaders; TrainingError when there are none."""
-    data = config.data
-    dataset = load_dataset(data.kind, data.path, split=data.split, limit=data.limit, seed=config.seed)
-    if not dataset.items:
-        raise TrainingError(f"dataset {data.kind}:{data.path} (split {data.split}) has no usable items")
-    return dataset.items
+def training_items(config: TrainConfig, dataset: LoadedDataset | Any = None) -> list[EvalItem]:
+    """The training items: `dataset` when given (a `LoadedDataset`, or a `datasets.Dataset` read with the default
+    columns, as `hf:` reads one), else the config's `data` section, read by the evaluation loaders. TrainingError
+    when neither is there or no item is usable."""
+    if dataset is not None:
+        loaded = dataset if isinstance(dataset, LoadedDataset) else from_hf_dataset(dataset, seed=config.seed)
+        where = "the dataset passed to the trainer"
+    elif config.data is not None:
+        data = config.data
+        loaded = load_dataset(
+            data.kind, data.path, split=data.split, limit=data.limit, seed=config.seed, columns=data.columns
+        )
+        where = f"dataset {data.kind}:{data.path} (split {data.split})"
+    else:
+        raise TrainingError("no training data: add a data section to the config, or pass dataset= to the trainer")
+    if not loaded.items:
+        raise TrainingError(f"{where} has no usable items; skipped: {loaded.skipped[:3]}")
+    return loaded.items
 
 
 async def step_rollouts(

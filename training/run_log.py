@@ -1,32 +1,28 @@
 """What a training run leaves behind each step: every rollout as a trace-store run (source `train`) with its reward
-breakdowns and advantages, the step's metrics and the rows it trained on (each pointing at its call), and TensorBoard
-scalars. So any number on a chart leads back to the calls that produced it."""
+breakdowns and advantages, the step's metrics and the rows it trained on (each pointing at its call), and the step's
+metrics for the experiment trackers of `report_to` (TensorBoard, W&B, MLflow). So any number on a chart leads back to
+the calls that produced it."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from pathlib import Path
-from typing import Any
 
 from emo_r3.agents.call_record import Role
 from emo_r3.graphs.traces.records import TrainingRowRecord
 from emo_r3.graphs.traces.store import TraceStore
+from emo_r3.training.config import TrainConfig
 from emo_r3.training.rows import RowKey
 from emo_r3.training.scoring import Scored
+from emo_r3.training.trackers import close_trackers, open_trackers
 
 
 class RunLog:
-    def __init__(self, run_dir: Path, run_name: str, *, traces: bool, tensorboard: bool, start_step: int) -> None:
-        self.run_name = run_name
-        self.store = TraceStore(run_dir / "traces.sqlite") if traces else None
-        self._writer = self._tensorboard(run_dir, start_step) if tensorboard else None
+    """The log of `config`'s run, which goes on from step `start_step` (0, or the resumed checkpoint's step)."""
 
-    @staticmethod
-    def _tensorboard(run_dir: Path, start_step: int) -> Any:
-        from torch.utils.tensorboard import SummaryWriter  # imported only when TensorBoard logging is on
-
-        # purge_step drops events a killed run logged after its last checkpoint; they are about to be redone.
-        return SummaryWriter(str(run_dir / "tensorboard"), purge_step=start_step)
+    def __init__(self, config: TrainConfig, *, start_step: int) -> None:
+        self.run_name = config.name
+        self.store = TraceStore(config.run_dir / "traces.sqlite") if config.traces else None
+        self.trackers = open_trackers(config, start_step)
 
     def record_rollouts(self, scored: Sequence[Scored], step: int, config_hash: str) -> dict[str, str]:
         """Each rollout as a run with its reward breakdowns; trajectory id -> run id."""
@@ -56,11 +52,9 @@ class RunLog:
         run_ids: Mapping[str, str],
         policy_of: Mapping[Role, str],
     ) -> None:
-        """The step's metrics (TensorBoard and trace store) and one record per trained row, linked to its call."""
-        if self._writer is not None:
-            for name, value in metrics.items():
-                self._writer.add_scalar(name, value, step)
-            self._writer.flush()
+        """The step's metrics (trackers and trace store) and one record per trained row, linked to its call."""
+        for tracker in self.trackers:
+            tracker.log(step, metrics)
         if self.store is None:
             return
         by_id = {s.trajectory.id: s for s in scored}
@@ -80,5 +74,4 @@ class RunLog:
         self.store.record_training_step(self.run_name, step, dict(metrics), records)
 
     def close(self) -> None:
-        if self._writer is not None:
-            self._writer.close()
+        close_trackers(self.trackers)

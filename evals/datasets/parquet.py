@@ -109,7 +109,7 @@ def _to_item(
     label = label_set.normalize(str(answer)) if answer is not None else None
     if label is None:
         return f"answer {answer!r} is not a {label_set.name} label"
-    image = _one_image(images, file.parent)
+    image = one_image(images, file.parent)
     if isinstance(image, str):
         return image
     image_data, image_name = image
@@ -118,7 +118,7 @@ def _to_item(
     return EvalItem(id=row_id, image=image_data, label=label, label_set=label_set.name, extra=extra)
 
 
-def _one_image(images: Any, folder: Path) -> tuple[Path | bytes, str | None] | str:
+def one_image(images: Any, folder: Path) -> tuple[Path | bytes, str | None] | str:
     """The row's image as bytes (preferred) or a path relative to the parquet file; a reason if there is not one."""
     if isinstance(images, list | tuple):
         if len(images) != 1:

@@ -52,7 +52,7 @@ def test_each_step_is_traced_and_logged(tmp_path: Path, one_image_dataset: Path)
     gets each step's scalars."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    config = train_config(tmp_path / "run", one_image_dataset, mode="lora", steps=2, tensorboard=True)
+    config = train_config(tmp_path / "run", one_image_dataset, mode="lora", steps=2, report_to=["tensorboard"])
     history = LocalTrainer(TrainConfig.load(config)).train()
     with TraceStore(tmp_path / "run" / "traces.sqlite", readonly=True) as store:
         runs = store.list_runs(limit=100)

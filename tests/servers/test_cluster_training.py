@@ -39,7 +39,7 @@ def train_config(run_dir: Path, data: Path, *, mode: str, rollout: dict, **overr
     """The trainer tests' tiny config (`train_configs`) on the cluster: two ranks per group, float32, no KL term."""
     cluster = {"runtime_env": RUNTIME_ENV, "gpus_per_policy": 2, "param_dtype": "fp32", "adam_offload": True}
     return tiny_train_config(
-        run_dir, data, mode=mode, trainer="openrlhf", steps=STEPS, tensorboard=True,
+        run_dir, data, mode=mode, trainer="openrlhf", steps=STEPS, report_to=["tensorboard"],
         rollout={"backend": "vllm", "timeout_s": 120, **rollout}, algorithm={"kl_coef": 0.0},
         # A large step: rewards on vLLM's sampling streams move slowly at the local tests' 3e-3 (same numbers with
         # `local` and vLLM rollouts: the trainers agree), and the run must show a clear rise in 8 steps.

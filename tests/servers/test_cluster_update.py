@@ -45,7 +45,7 @@ def _config(run_dir: Path, data: Path, model: str, mode: str, cluster: RayCluste
     lora = {"rank": 8, "alpha": 16, "dropout": 0.0}  # no dropout: its random masks would differ between trainers
     return TrainConfig.load(
         {
-            "trainer": "openrlhf", "run_dir": str(run_dir), "seed": 3, "steps": 1, "tensorboard": False,
+            "trainer": "openrlhf", "run_dir": str(run_dir), "seed": 3, "steps": 1, "report_to": [],
             "traces": False,
             "data": {"kind": "fi", "path": str(data), "split": "all"},
             "graph": {

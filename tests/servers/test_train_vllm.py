@@ -113,7 +113,7 @@ def _config(run_dir: Path, data: Path, base_url: str) -> TrainConfig:
     short = {"temperature": 1.0, "max_tokens": 8}
     return TrainConfig.load(
         {
-            "run_dir": str(run_dir), "seed": 0, "steps": STEPS, "save_every": STEPS, "tensorboard": False,
+            "run_dir": str(run_dir), "seed": 0, "steps": STEPS, "save_every": STEPS, "report_to": [],
             "data": {"kind": "fi", "path": str(data), "split": "all"},
             "graph": {
                 "max_rounds": 0,

@@ -23,7 +23,7 @@ def tiny_train_config(run_dir: Path, data: Path, *, mode: str, **overrides: obje
         "policy": {"mode": mode},
         "algorithm": {"group_size": 8, "prompts_per_step": 1, "reward_fn": "train_rewards:names_gold_label"},
         "optim": {"lr": 3e-3},
-        "tensorboard": False,
+        "report_to": [],
     }
     for key, value in overrides.items():
         config[key] = {**config.get(key, {}), **value} if isinstance(value, dict) else value

@@ -3,6 +3,7 @@ killed save or a damaged checkpoint leaves behind."""
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 from pathlib import Path
@@ -141,13 +142,14 @@ def _truncate(path: Path) -> None:
     ("name", "damage"),
     [
         ("policy-0.safetensors", _truncate),
-        ("optimizer.pt", lambda path: path.write_bytes(b"")),
+        ("optimizer.safetensors", lambda path: path.write_bytes(b"")),
+        ("optimizer.json", lambda path: path.write_text('{"pickle": "x"}')),
         ("state.json", Path.unlink),
         ("state.json", lambda path: (path.unlink(), path.mkdir())),
         ("state.json", lambda path: path.write_text("{not json")),
         ("rng.safetensors", lambda path: path.write_bytes(b"garbage")),
     ],
-    ids=["truncated", "empty", "missing", "a-folder", "not-json", "garbage"],
+    ids=["truncated", "empty", "unknown-entry", "missing", "a-folder", "not-json", "garbage"],
 )
 def test_an_unreadable_checkpoint_file_raises_checkpoint_error(tmp_path: Path, name: str, damage) -> None:
     folder = _save(tmp_path, 3)
@@ -157,11 +159,11 @@ def test_an_unreadable_checkpoint_file_raises_checkpoint_error(tmp_path: Path, n
         load_checkpoint(folder)
 
 
-def test_a_checkpoint_file_that_is_not_a_torch_archive_raises_checkpoint_error(tmp_path: Path) -> None:
+def test_an_optimizer_structure_naming_a_missing_tensor_raises_checkpoint_error(tmp_path: Path) -> None:
     folder = _save(tmp_path, 3)
-    (folder / "optimizer.pt").write_bytes(b"garbage, not a torch file")
+    (folder / "optimizer.json").write_text('{"dict": [["exp_avg", {"tensor": "7"}]]}')
 
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    with pytest.raises(CheckpointError, match="cannot be read: KeyError"):
         load_checkpoint(folder)
 
 
@@ -183,21 +185,32 @@ class _RunsCode:
         return (Path.touch, (self.marker,))
 
 
-def test_a_crafted_checkpoint_cannot_run_code(tmp_path: Path) -> None:
+def test_a_pickled_optimizer_state_is_never_read(tmp_path: Path) -> None:
+    """An older checkpoint's optimizer.pt (a pickle) is named as such, not loaded; next to the data files it is
+    ignored."""
     folder = _save(tmp_path, 3)
     marker = tmp_path / "pwned"
     torch.save({"state": _RunsCode(marker)}, folder / "optimizer.pt")
 
-    with pytest.raises(CheckpointError, match="cannot be read"):
+    assert load_checkpoint(folder)["optimizer"] == {"step": 3}
+    (folder / "optimizer.json").unlink()
+    (folder / "optimizer.safetensors").unlink()
+    with pytest.raises(CheckpointError, match=r"as a pickle \(optimizer.pt, an older format\).*emo-r3 export"):
         load_checkpoint(folder)
     assert not marker.exists()
 
 
-def test_a_checkpoint_holds_no_pickle_but_the_optimizer_state(tmp_path: Path) -> None:
-    folder = _save(tmp_path, 3)
+def test_a_checkpoint_holds_only_safetensors_and_json(tmp_path: Path) -> None:
+    param = torch.nn.Parameter(torch.randn(3))
+    folder = save_checkpoint(
+        tmp_path, 3, policies={"p": {"w": param.detach()}}, optimizer=_trained_optimizer(param).state_dict(), extra={}
+    )
     assert sorted(path.name for path in folder.iterdir()) == [
-        "optimizer.pt",
+        "optimizer.json",
+        "optimizer.safetensors",
         "policy-0.safetensors",
         "rng.safetensors",
         "state.json",
     ]
+    structure = json.loads((folder / "optimizer.json").read_text())
+    assert structure["dict"][1][0] == "param_groups"  # the param groups are plain JSON, the moments tensors

@@ -11,27 +11,16 @@ from uuid import UUID
 import pytest
 from langchain_core.callbacks import AsyncCallbackHandler
 from langgraph.checkpoint.memory import InMemorySaver
+from scripted_otel_runs import PERCEPTION, responder
 
 from emo_r3.agents.backends.scripted import ScriptedChatModel
 from emo_r3.graphs import EmotionGraph, EmotionQuery, EmotionResult, GraphConfig
 from emo_r3.graphs.call_events import CallEvent
 from emo_r3.graphs.checkpoints import state_types
 
-PERCEPTION = "<step1>Faces: a smiling child. Setting: a sunny beach.</step1>"
-REASONING = "<step2>A viewer feels warm.</step2><step3>valence: positive, arousal: low</step3> \\boxed{contentment}"
-
-
-def respond(messages, sampling, choices):
-    text = messages[-1].text
-    if choices == ["yes", "no"]:
-        return "yes"
-    if choices:
-        return "fear" if "<step2>" in text else "sadness"  # coherence fails once: one correction round
-    return REASONING if "<step2>" in text else PERCEPTION
-
 
 def graph(**options) -> EmotionGraph:
-    model = ScriptedChatModel(respond)
+    model = ScriptedChatModel(responder(coherence="fear"))  # coherence fails in each round: one correction
     models = dict.fromkeys(("perceiver", "reasoner", "reflector"), model)
     return EmotionGraph.from_config(GraphConfig(max_rounds=1), models=models, **options)
 
@@ -39,7 +28,7 @@ def graph(**options) -> EmotionGraph:
 def test_invoke_returns_the_result_with_the_projects_types(noise_image):
     state = graph().graph.invoke({"query": EmotionQuery(id="q", images=[noise_image])})
     result = state["result"]
-    assert isinstance(result, EmotionResult) and result.query_id == "q" and result.label == "contentment"
+    assert isinstance(result, EmotionResult) and result.query_id == "q" and result.label == "awe"
     assert result.path == ["perceive", "reason", "reflect", "reason", "reflect", "finalize"]
     assert [c.purpose for c in state["calls"]] == ["perceive", "reason", "coherence", "consistency"] * 1 + [
         "reason", "coherence", "consistency",

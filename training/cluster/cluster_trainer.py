@@ -16,6 +16,7 @@ import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import ray
 from ray.exceptions import RayActorError
@@ -24,6 +25,7 @@ from transformers import ProcessorMixin
 from emo_r3.agents.backends.transformers.processors import IMAGE_TEXT_PROCESSORS, load_processor
 from emo_r3.agents.call_record import ROLES, Role
 from emo_r3.agents.model_specs import TransformersModelSpec, resolve_model_dir
+from emo_r3.evals.items import LoadedDataset
 from emo_r3.training.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint, set_rng_state
 from emo_r3.training.cluster.group_update import GroupUpdate, update_groups
 from emo_r3.training.cluster.policy_group import connect, start_groups
@@ -40,27 +42,31 @@ logger = logging.getLogger(__name__)
 
 class ClusterTrainer:
     """`ClusterTrainer(config).train()` runs to `config.steps` on the Ray cluster (`cluster.ray_address`, else
-    `$RAY_ADDRESS`, else a local one), resuming from the run folder's latest checkpoint if there is one."""
+    `$RAY_ADDRESS`, else a local one), resuming from the run folder's latest checkpoint if there is one. `dataset=`
+    as for `LocalTrainer`."""
 
-    def __init__(self, config: TrainConfig, *, cache_dir: Path | None = None) -> None:
+    def __init__(
+        self, config: TrainConfig, *, cache_dir: Path | None = None, dataset: LoadedDataset | Any = None
+    ) -> None:
         self.config = config
         self.run_dir = config.run_dir
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.scorer = Scorer(config.algorithm)
-        self.items = training_items(config)
+        self.items = training_items(config, dataset)
         self.graph_config = config.graph_config
         connect(config.cluster)
         self.policy_of = _policy_of(config)
-        self.model_dirs = {name: resolve_model_dir(spec.path, cache_dir) for name, spec in self._policy_specs().items()}
+        self.model_dirs = {
+            name: resolve_model_dir(spec.path, cache_dir, revision=spec.revision)
+            for name, spec in self._policy_specs().items()
+        }
         self.processors = {name: _image_processor(folder) for name, folder in self.model_dirs.items()}
         self.groups = start_groups(config, self.model_dirs, self.policy_of)
         self._servers: list[ray.actor.ActorHandle] = []
         self.served = ServedPolicies(config.rollout, self._serving(), config.policy.mode, self.policy_of)
         self.model_sets = self.served.model_sets()
         self.step = self._resume()
-        self.log = RunLog(
-            self.run_dir, config.name, traces=config.traces, tensorboard=config.tensorboard, start_step=self.step
-        )
+        self.log = RunLog(config, start_step=self.step)
 
     # -- setup -------------------------------------------------------------------------------------------
 
@@ -177,7 +183,7 @@ class ClusterTrainer:
             group.save_checkpoint(tag)
         return save_checkpoint(
             self.run_dir / "checkpoints" / "driver", self.step, policies={}, optimizer={},
-            extra={"tag": tag, "config": self.config.model_dump(mode="json")}, keep=self.config.keep_checkpoints,
+            extra={"tag": tag, "config": self.config.saved()}, keep=self.config.keep_checkpoints,
         )  # fmt: skip
 
 
