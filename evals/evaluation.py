@@ -14,7 +14,6 @@ live in a temporary folder for the call.
 
 from __future__ import annotations
 
-import asyncio
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from emo_r3.evals.predictions import PredictionRecord
 from emo_r3.evals.runner import evaluate_graph, evaluate_paper_parity, pending_items
 from emo_r3.graphs.emotion_graph import EmotionGraph
 from emo_r3.graphs.results_file import ResultsFile
+from emo_r3.graphs.sync_bridge import run_sync
 from emo_r3.prompts import LabelSet, get_label_set
 
 PREDICTIONS = "predictions.jsonl"
@@ -42,8 +42,8 @@ class Evaluation(BaseModel):
 
 
 def evaluate(graph: EmotionGraph, dataset: LoadedDataset | Any, **options: Any) -> Evaluation:
-    """`aevaluate` for code that is not already async (it runs its own event loop)."""
-    return asyncio.run(aevaluate(graph, dataset, **options))
+    """`aevaluate` for synchronous code (inside a running event loop, e.g. a notebook, it runs on its own loop)."""
+    return run_sync(aevaluate(graph, dataset, **options))
 
 
 async def aevaluate(

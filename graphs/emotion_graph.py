@@ -203,7 +203,10 @@ class EmotionGraph:
         try:
             # Streamed state snapshots, so a timeout still leaves every call completed before it.
             async with asyncio.timeout(timeout):
-                async for mode, chunk in self.graph.astream(given, config=config, stream_mode=modes):
+                # A durable run's checkpoints are written before each next step (LangGraph's default writes them in
+                # the background, which a killed process may not have finished).
+                stream = self.graph.astream(given, config, stream_mode=modes, durability="sync" if thread else None)
+                async for mode, chunk in stream:
                     if mode == "values":
                         latest = chunk
                     elif progress is not None and "input" in chunk:  # a task starting (its end carries "result")

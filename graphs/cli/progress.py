@@ -61,7 +61,8 @@ class LiveProgress:
         running = list(self._running.values())
         named = [_step(e, with_id=len(running) > 1) for e in running[:SHOWN_QUERIES]]
         more = [f"+{len(running) - SHOWN_QUERIES} more"] if len(running) > SHOWN_QUERIES else []
-        self._display.update(self._task, status=shown(" · ".join(named + more)))
+        # Drawn now, not at the next tick: a node shorter than the refresh interval would otherwise never show.
+        self._display.update(self._task, status=shown(" · ".join(named + more)), refresh=True)
 
 
 def _step(event: NodeStarted, *, with_id: bool) -> str:

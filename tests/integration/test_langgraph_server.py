@@ -30,9 +30,10 @@ def free_port() -> int:
 def server(tiny_config, tmp_path):
     port, log = free_port(), tmp_path / "langgraph-dev.log"
     env = os.environ | {"EMO_R3_CONFIG": str(tiny_config), "LANGSMITH_TRACING": "false"}
-    command = [str(LANGGRAPH), "dev", "--no-browser", "--no-reload", "--host", "127.0.0.1", "--port", str(port)]
-    with log.open("w") as sink:
-        process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
+    command = [str(LANGGRAPH), "dev", "--config", str(ROOT / "langgraph.json"), "--no-browser", "--no-reload",
+               "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with log.open("w") as sink:  # run from tmp_path: the in-memory runtime keeps its state in ./.langgraph_api
+        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=sink, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180

@@ -18,10 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 from repo import ROOT
-from scripted_otel_runs import by_key
+from scripted_otel_runs import by_key, scripted_graph
 
 from emo_r3.agents.backends.vllm.process import free_port
+from emo_r3.graphs import EmotionQuery
 from emo_r3.graphs.traces.otel import OtelRunExporter, SpanPlan, run_spans_plan
+from emo_r3.graphs.traces.recorder import TraceRecorder
 from emo_r3.graphs.traces.store import TraceStore
 from emo_r3.graphs.trajectory import EmotionResult
 
@@ -83,16 +85,18 @@ def running_phoenix(workdir: Path, **settings: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def phoenix(tmp_path_factory) -> Iterator[str]:
-    with running_phoenix(tmp_path_factory.mktemp("phoenix")) as url:
-        yield url
-
-
-@pytest.fixture(scope="module")
-def phoenix_with_auth(tmp_path_factory) -> Iterator[str]:
     """Phoenix with authentication on: OTLP ingest and its REST API want a bearer token (ADMIN_TOKEN here)."""
     settings = {"PHOENIX_ENABLE_AUTH": "true", "PHOENIX_SECRET": JWT_SECRET, "PHOENIX_ADMIN_SECRET": ADMIN_TOKEN}
-    with running_phoenix(tmp_path_factory.mktemp("phoenix-auth"), **settings) as url:
+    with running_phoenix(tmp_path_factory.mktemp("phoenix"), **settings) as url:
         yield url
+
+
+@pytest.fixture(autouse=True)
+def bearer_token(monkeypatch) -> dict[str, str]:
+    """Every exporter sends the token, as OpenTelemetry's exporter reads it: from OTEL_EXPORTER_OTLP_HEADERS."""
+    headers = {"OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{ADMIN_TOKEN}"}
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", headers["OTEL_EXPORTER_OTLP_HEADERS"])
+    return headers
 
 
 @pytest.fixture
@@ -118,11 +122,11 @@ def wait_until_ready(server: subprocess.Popen, url: str, log: Path, timeout_s: f
 
 
 def read_traces(
-    url: str, trace_ids: list[str], count: int, timeout_s: float = 30, token: str | None = None
+    url: str, trace_ids: list[str], count: int, timeout_s: float = 30, token: str = ADMIN_TOKEN
 ) -> dict[str, list[dict]]:
     """Each trace's spans as Phoenix stored them; it ingests in the background, so wait for `count` spans each."""
     deadline = time.monotonic() + timeout_s
-    headers = {"authorization": f"Bearer {token}"} if token else {}
+    headers = {"authorization": f"Bearer {token}"}
     while True:
         reply = httpx.get(
             f"{url}/v1/projects/default/spans/otlpv1",
@@ -234,24 +238,18 @@ def test_export_stored_run_ends_when_it_was_recorded(phoenix, accepted, tmp_path
     check_trace_matches_plan(spans, plans, detail.summary.created_at - plans[0].end_s)
 
 
-def test_cli_exports_a_store_and_live_runs_to_the_receiver(phoenix, tmp_path, bundled_images, tiny_config):
-    """`emo-r3 run --otlp` exports live; `emo-r3 traces export --otlp` sends what a store holds."""
-    config = tiny_config
+def test_cli_exports_a_store_to_the_receiver(phoenix, tmp_path, noise_image):
+    """`emo-r3 traces export --otlp` sends what a store holds (live `run` export: the OTEL_* test below)."""
     traces, emo_r3 = tmp_path / "traces.sqlite", [sys.executable, "-m", "emo_r3.graphs.cli"]
+    with TraceStore(traces) as store:
+        result = scripted_graph(traces=TraceRecorder(store)).run(EmotionQuery(images=[noise_image]))
     endpoint = f"{phoenix}/v1/traces"
-    live = subprocess.run(
-        [*emo_r3, "run", str(bundled_images["coffee"]), "--config", str(config), "--traces", str(traces),
-         "--otlp", endpoint, "--json"], capture_output=True, text=True, check=False,
-    )  # fmt: skip
-    assert live.returncode == 0, live.stderr
-    run_id = json.loads(live.stdout)["trajectory"]["id"]
-    detail = TraceStore(traces, readonly=True).get_run(run_id)
-    plans = run_spans_plan(detail.result)
-    assert len(read_trace(phoenix, run_id, len(plans))) == len(plans)
-
     bulk = subprocess.run([*emo_r3, "traces", "export", "--traces", str(traces), "--otlp", endpoint],
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert bulk.returncode == 0 and "exported 1 runs as OpenTelemetry spans" in bulk.stderr
+    detail = TraceStore(traces, readonly=True).get_run(result.trajectory.id)
+    plans = run_spans_plan(detail.result)
+    assert len(read_trace(phoenix, result.trajectory.id, len(plans))) == len(plans)
     nobody = f"http://127.0.0.1:{free_port()}/v1/traces"
     dead = subprocess.run([*emo_r3, "traces", "export", "--traces", str(traces), "--otlp", nobody],
                           capture_output=True, text=True, check=False)  # fmt: skip
@@ -261,13 +259,13 @@ def test_cli_exports_a_store_and_live_runs_to_the_receiver(phoenix, tmp_path, bu
 # -- the application's tracer provider, and the standard OTEL_* variables ----------------------------------
 
 
-def test_runs_nest_under_the_application_span(phoenix, noise_image, no_otel_settings):
+def test_runs_nest_under_the_application_span(phoenix, noise_image, no_otel_settings, bearer_token):
     """An application with its own SDK provider runs the graph inside its request span: in Phoenix each run's root
     is a child of that span, in the application's trace."""
     script = ROOT / "tests" / "support" / "otel_application.py"
     app = subprocess.run(
         [sys.executable, str(script), f"{phoenix}/v1/traces", str(noise_image)],
-        env=no_otel_settings, capture_output=True, text=True, check=False,
+        env=no_otel_settings | bearer_token, capture_output=True, text=True, check=False,
     )  # fmt: skip
     assert app.returncode == 0, app.stderr
     report = json.loads(app.stdout)
@@ -295,12 +293,12 @@ def descendants(spans: list[dict], span_id: str) -> list[dict]:
     return children + [grandchild for child in children for grandchild in descendants(spans, child["span_id"])]
 
 
-def test_headers_from_the_environment_reach_the_receiver(phoenix_with_auth, accepted, monkeypatch, caplog):
+def test_headers_from_the_environment_reach_the_receiver(phoenix, accepted, monkeypatch, caplog):
     """Phoenix with authentication refuses spans without a token; OTEL_EXPORTER_OTLP_HEADERS carries it."""
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_TRACES_HEADERS", raising=False)
     monkeypatch.delenv("OTEL_EXPORTER_OTLP_HEADERS", raising=False)
-    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix_with_auth)  # a base URL: /v1/traces is appended
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", phoenix)  # a base URL: /v1/traces is appended
     started_at = time.time() - 30
     refused = OtelRunExporter()
     refused.export(accepted, started_at=started_at)
@@ -308,25 +306,24 @@ def test_headers_from_the_environment_reach_the_receiver(phoenix_with_auth, acce
     assert refused.failures == 1
     assert "code: 401" in caplog.text  # the receiver's answer, logged by OpenTelemetry's exporter
     plans = run_spans_plan(accepted)
-    assert f"could not send {len(plans)} spans to {phoenix_with_auth} (OTEL_EXPORTER_OTLP_ENDPOINT)" in caplog.text
+    assert f"could not send {len(plans)} spans to {phoenix} (OTEL_EXPORTER_OTLP_ENDPOINT)" in caplog.text
     assert "set OTEL_EXPORTER_OTLP_HEADERS" in caplog.text
-    assert read_trace(phoenix_with_auth, accepted.trajectory.id, 1, timeout_s=2, token=ADMIN_TOKEN) == []
+    assert read_trace(phoenix, accepted.trajectory.id, 1, timeout_s=2) == []
 
     monkeypatch.setenv("OTEL_EXPORTER_OTLP_HEADERS", f"authorization=Bearer%20{ADMIN_TOKEN}")
     sent = OtelRunExporter()
     sent.export(accepted, started_at=started_at)
     sent.shutdown()
     assert sent.failures == 0
-    check_trace_matches_plan(read_trace(phoenix_with_auth, accepted.trajectory.id, len(plans), token=ADMIN_TOKEN),
-                             plans, started_at)  # fmt: skip
+    check_trace_matches_plan(read_trace(phoenix, accepted.trajectory.id, len(plans)), plans, started_at)
 
 
-def test_cli_follows_the_otel_variables(phoenix_with_auth, tmp_path, bundled_images, tiny_config, no_otel_settings):
+def test_cli_follows_the_otel_variables(phoenix, tmp_path, bundled_images, tiny_config, no_otel_settings):
     """`emo-r3 run` with no --otlp exports where the OTEL_* variables say, with their headers; `traces export
     --otlp` without the token says what went wrong and what to set."""
     emo_r3, traces = [sys.executable, "-m", "emo_r3.graphs.cli"], tmp_path / "traces.sqlite"
     otel = {
-        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{phoenix_with_auth}/v1/traces",
+        "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": f"{phoenix}/v1/traces",
         "OTEL_EXPORTER_OTLP_HEADERS": f"authorization=Bearer%20{ADMIN_TOKEN}",
     }
     live = subprocess.run(
@@ -336,9 +333,9 @@ def test_cli_follows_the_otel_variables(phoenix_with_auth, tmp_path, bundled_ima
     assert live.returncode == 0, live.stderr
     run_id = json.loads(live.stdout)["trajectory"]["id"]
     plans = run_spans_plan(TraceStore(traces, readonly=True).get_run(run_id).result)
-    assert len(read_trace(phoenix_with_auth, run_id, len(plans), token=ADMIN_TOKEN)) == len(plans)
+    assert len(read_trace(phoenix, run_id, len(plans))) == len(plans)
 
-    endpoint = f"{phoenix_with_auth}/v1/traces"
+    endpoint = f"{phoenix}/v1/traces"
     no_token = subprocess.run([*emo_r3, "traces", "export", "--traces", str(traces), "--otlp", endpoint],
                               env=no_otel_settings, capture_output=True, text=True, check=False)  # fmt: skip
     assert no_token.returncode == 1

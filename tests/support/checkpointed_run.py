@@ -47,7 +47,8 @@ def main() -> None:
         graph = EmotionGraph.from_config(GraphConfig(max_rounds=0), models=models, checkpointer=saver).graph
         thread = {"configurable": {"thread_id": "job-1"}}
         given = None if args.resume else {"query": EmotionQuery(id="q1", images=[args.image])}
-        result = graph.invoke(given, thread)["result"]
+        # durability="sync": each step's checkpoint is on disk before the next step starts, so a kill loses nothing
+        result = graph.invoke(given, thread, durability="sync")["result"]
     print(json.dumps({"ok": result.ok, "path": result.path, "calls": len(result.trajectory.calls)}))
 
 
