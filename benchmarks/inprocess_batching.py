@@ -6,6 +6,9 @@ compares equal work; the script checks that they did. Also times one rollout ste
 (`group_size` samples of `prompts` prompts). Targets (issue 12, 2-core CPU): ≥ 3× runs/s at N = 8, rollout step
 ≥ 2.5× faster.
 
+Each side's forward time is split into prefill (passes over prompt tokens) and decode (one token per row): batching
+speeds decode up far more than prefill, which is compute-bound already at one row, so the split bounds the ratio.
+
     python benchmarks/inprocess_batching.py [--model offline:smollm2-idefics3] [--n 1 8 32] [--max-tokens 48]
         [--json benchmarks/results/inprocess_batching_cpu.json]
 """
@@ -16,6 +19,8 @@ import argparse
 import asyncio
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from emo_r3.agents.call_record import Role
@@ -60,23 +65,54 @@ async def concurrent_runs(config: GraphConfig, models: dict[Role, ChatModel], n:
     return list(await asyncio.gather(*(one(index) for index in range(n))))
 
 
+@contextmanager
+def forward_seconds(models: dict[Role, ChatModel]) -> Iterator[dict[str, float]]:
+    """Seconds spent in the models' forward passes while inside, as prefill (more than one new token per row)
+    and decode."""
+    seconds = {"prefill_s": 0.0, "decode_s": 0.0}
+    started: list[float] = []
+
+    def before(_module, _args, kwargs) -> None:
+        started.append(time.perf_counter())
+
+    def after(_module, _args, kwargs, _output) -> None:
+        tokens = kwargs["input_ids"] if kwargs.get("input_ids") is not None else kwargs["inputs_embeds"]
+        seconds["prefill_s" if tokens.shape[1] > 1 else "decode_s"] += time.perf_counter() - started.pop()
+
+    loaded = {id(model.loaded.model): model.loaded.model for model in models.values()}  # type: ignore[attr-defined]
+    hooks = [
+        hook
+        for model in loaded.values()
+        for hook in (
+            model.register_forward_pre_hook(before, with_kwargs=True),
+            model.register_forward_hook(after, with_kwargs=True),
+        )
+    ]
+    try:
+        yield seconds
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def completions(results: list[EmotionResult]) -> list[list[int]]:
     return [call.completion_token_ids for r in results if r.trajectory for call in r.trajectory.calls]
 
 
-def timed(label: str, work) -> tuple[float, list[EmotionResult]]:
+def timed(label: str, work, models: dict[Role, ChatModel]) -> tuple[float, dict[str, float], list[EmotionResult]]:
     start = time.perf_counter()
-    results = asyncio.run(work())
+    with forward_seconds(models) as forwards:
+        results = asyncio.run(work())
     seconds = time.perf_counter() - start
     errors = [r.error for r in results if not r.ok]
     if errors:
         raise SystemExit(f"{label}: {len(errors)} runs failed, e.g. {errors[0]}")
-    return seconds, results
+    return seconds, forwards, results
 
 
-def measure(name: str, serial_work, batched_work, runs: int) -> dict:
-    serial_s, serial = timed(f"{name} serialised", serial_work)
-    batched_s, batched = timed(f"{name} batched", batched_work)
+def measure(name: str, serial_work, batched_work, runs: int, models: tuple[dict, dict]) -> dict:
+    serial_s, serial_forwards, serial = timed(f"{name} serialised", serial_work, models[0])
+    batched_s, batched_forwards, batched = timed(f"{name} batched", batched_work, models[1])
     tokens = sum(len(ids) for ids in completions(batched))
     same = completions(serial) == completions(batched)
     row = {
@@ -84,11 +120,14 @@ def measure(name: str, serial_work, batched_work, runs: int) -> dict:
         "serialised_runs_per_s": runs / serial_s, "batched_runs_per_s": runs / batched_s,
         "serialised_tokens_per_s": tokens / serial_s, "batched_tokens_per_s": tokens / batched_s,
         "speedup": serial_s / batched_s, "same_tokens": same,
+        "serialised_forward_s": serial_forwards, "batched_forward_s": batched_forwards,
     }  # fmt: skip
     print(
         f"{name:>14}  {runs:>3} runs  {tokens:>5} tokens  serialised {runs / serial_s:6.3f} runs/s "
         f"{tokens / serial_s:7.1f} tok/s  batched {runs / batched_s:6.3f} runs/s {tokens / batched_s:7.1f} tok/s  "
-        f"ratio {serial_s / batched_s:5.2f}x  same tokens: {same}",
+        f"ratio {serial_s / batched_s:5.2f}x  same tokens: {same}\n{'':>16}prefill / decode seconds: serialised "
+        f"{serial_forwards['prefill_s']:.1f} / {serial_forwards['decode_s']:.1f}, batched "
+        f"{batched_forwards['prefill_s']:.1f} / {batched_forwards['decode_s']:.1f}",
         flush=True,
     )
     return row
@@ -116,6 +155,7 @@ def main() -> None:
             lambda n=n: concurrent_runs(serial_config, serial_models, n),
             lambda n=n: concurrent_runs(batched_config, batched_models, n),
             n,
+            (serial_models, batched_models),
         )
 
     items = [EvalItem(id=f"p{i}", image=picture(i), label="awe", label_set="mikels8") for i in range(args.prompts)]
@@ -130,7 +170,11 @@ def main() -> None:
         return results
 
     report["rollout_step"] = measure(
-        "rollout step", step(serial_config, serial_models), step(batched_config, batched_models), runs
+        "rollout step",
+        step(serial_config, serial_models),
+        step(batched_config, batched_models),
+        runs,
+        (serial_models, batched_models),
     )
     rollouts = report["rollout_step"]
     rollouts["group_size"], rollouts["prompts"] = args.group_size, args.prompts

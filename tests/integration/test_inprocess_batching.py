@@ -113,6 +113,35 @@ def test_same_seed_same_sample_in_any_batch(chat_model: TransformersChatModel, p
     assert together[0].completion_token_ids != together[2].completion_token_ids
 
 
+def test_samples_of_one_prompt_share_its_prefill(
+    chat_model: TransformersChatModel, pictures: list[PreparedImage]
+) -> None:
+    """A batch of two prompts sampled three times each (a rollout group): the model's first forward pass takes the
+    two prompts once each, not six rows (except Qwen2.5-VL, whose positions need generate's own prefill), and every
+    sample is what it is alone."""
+    prompts = conversations(chat_model, pictures)[:2]
+    grouped = [prompts[0], prompts[1]] * 3
+    samplings = [SamplingParams(temperature=1.0, max_tokens=8, seed=seed) for seed in range(6)]
+    first_rows: list[int] = []
+    hook = chat_model.loaded.model.register_forward_pre_hook(
+        lambda _, args, kwargs: first_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
+    )
+    try:
+        alone = [chat_model.chat_sync(p, s) for p, s in zip(grouped, samplings, strict=True)]
+        first_rows.clear()
+
+        async def together() -> list[Completion]:
+            return await asyncio.gather(*(chat_model.chat(p, s) for p, s in zip(grouped, samplings, strict=True)))
+
+        batched = asyncio.run(together())
+    finally:
+        hook.remove()
+    assert_one_batch(batched)
+    assert_same_completions(alone, batched)
+    assert first_rows[0] == (6 if chat_model.loaded.model_type == "qwen2_5_vl" else 2)
+    assert all(rows == 6 for rows in first_rows[1:])
+
+
 def test_closed_set_answers_batch_with_their_own_options(
     chat_model: TransformersChatModel, pictures: list[PreparedImage]
 ) -> None:

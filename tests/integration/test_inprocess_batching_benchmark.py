@@ -21,3 +21,6 @@ def test_batched_and_serialised_runs_generate_the_same_tokens(tmp_path: Path) ->
     for row in rows:
         assert row["same_tokens"] is True
         assert row["generated_tokens"] > 0 and row["speedup"] > 0
+        for side in ("serialised_forward_s", "batched_forward_s"):
+            assert row[side]["prefill_s"] > 0 and row[side]["decode_s"] > 0
+            assert row[side]["prefill_s"] + row[side]["decode_s"] < row[side.replace("forward_", "")]

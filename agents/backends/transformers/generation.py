@@ -13,6 +13,7 @@ from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from emo_r3.agents.backends.transformers.batch_inputs import TOKEN_KEYS, collate
 from emo_r3.agents.backends.transformers.row_sampling import RowDecoding, RowLimit, RowSampler
+from emo_r3.agents.backends.transformers.shared_prefill import prefilled, prompt_owners, shares_prefill
 
 if TYPE_CHECKING:  # loading.py builds each model's batcher on this module
     from emo_r3.agents.backends.transformers.loading import LoadedModel
@@ -48,14 +49,18 @@ class GeneratedRow:
 
 
 def generate_rows(loaded: LoadedModel, requests: Sequence[GenerationRequest]) -> list[GeneratedRow]:
-    """Run `requests` (one batch key) as one `generate` under the model's lock; rows come back in request order."""
+    """Run `requests` (one batch key) as one `generate` under the model's lock; rows come back in request order.
+    Requests with the same prompt run its prefill once (see `shared_prefill`)."""
     start = time.perf_counter()
     inputs = collate([r.inputs for r in requests], pad_token_id=loaded.eos_token_ids[0])
     prompt_length = inputs["input_ids"].shape[1]
+    owners = prompt_owners([r.inputs for r in requests])
     rows = [r.decoding for r in requests]
     budgets = [row.max_new_tokens for row in rows]
     device = loaded.model.device
     with loaded.lock, selected_adapter(loaded.model, requests[0].adapter), torch.inference_mode(), loaded.compute():
+        if shares_prefill(loaded.model_type, owners, prompt_length):
+            inputs = prefilled(loaded.model, inputs, owners)
         output = loaded.model.generate(
             **inputs,
             do_sample=False,  # RowSampler has already chosen each row's token; greedy picks it
