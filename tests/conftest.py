@@ -20,18 +20,36 @@ pytest_plugins = ["vllm_server", "viewer_site", "scripted_otel_runs", "ray_clust
 
 TESTS = Path(__file__).parent
 TIERS = ("unit", "integration", "servers")
+# Session-scoped servers (support/): each starts once per worker that runs a test using it.
+SHARED_SERVERS = ("vllm_server", "ray_cluster")
 
 # Tests never reach a model hub; anything that tries must fail loudly instead of hanging.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         tier = item.path.relative_to(TESTS).parts[0]
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.path} is outside the test tiers {TIERS}: move it into one of them")
         item.add_marker(tier)
+        if group := worker_group(tier, item):
+            item.add_marker(pytest.mark.xdist_group(group))
+    # Slowest tier first: pytest-xdist (`--no-loadscope-reorder`) hands out groups in this order, so the long server
+    # groups start at once on separate workers and the many short unit tests fill the gaps at the end.
+    items.sort(key=lambda item: -TIERS.index(item.path.relative_to(TESTS).parts[0]))
+
+
+def worker_group(tier: str, item: pytest.Item) -> str | None:
+    """Which tests `--dist loadgroup` keeps on one worker: those on a shared session server (so one vLLM server and
+    one Ray cluster start per run), and each other module of the slower tiers (its module-scoped runs and servers are
+    set up once). Unit tests go wherever a worker is free."""
+    fixtures = getattr(item, "fixturenames", ())
+    if shared := next((name for name in SHARED_SERVERS if name in fixtures), None):
+        return shared
+    return None if tier == "unit" else item.path.stem
 
 
 @pytest.fixture(scope="session")
