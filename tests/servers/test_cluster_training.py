@@ -4,7 +4,7 @@ real CPU vLLM servers, two DeepSpeed ranks per policy group, the tiny Idefics3 a
 * shared mode through `ray job submit --working-dir`: the driver starts its vLLM server on the cluster, reloads the
   full weights into it after every step, and the mean reward rises; traces and TensorBoard as `local` writes them.
 * lora mode through `emo-r3 train` with RAY_ADDRESS, on a server given by URL that reloads a group's adapter per
-  trained role: the reward rises, and a run killed with SIGKILL after a checkpoint resumes to the same steps.
+  trained role: a run killed with SIGKILL after a checkpoint resumes to the same steps, and the reward rises.
 """
 
 from __future__ import annotations
@@ -146,46 +146,40 @@ def lora_server(model_cache: Path, tmp_path_factory: pytest.TempPathFactory) -> 
 def test_lora_groups_train_from_ray_address_and_a_killed_driver_resumes(
     ray_cluster: RayCluster, lora_server: LoraServer, one_image_dataset: Path, tmp_path: Path
 ) -> None:
-    """One run straight through; another killed (SIGKILL) after its step-2 checkpoint and a third step, then started
-    again with the same command: its steps 2 and 3 equal the straight run's."""
-    rollout = {"base_url": lora_server.base_url, "served_model": SERVED}
+    """A run killed (SIGKILL) after its step-3 checkpoint and two more steps, then started again with the same
+    command: it redoes steps 3 and 4 with the same numbers (weights, optimizer state and sampling streams restored)
+    and goes on to the end, where the reward has risen and every step served the weights it trained."""
+    run_dir = tmp_path / "run"
+    config = train_config(
+        run_dir, one_image_dataset, mode="lora", save_every=3,
+        rollout={"base_url": lora_server.base_url, "served_model": SERVED},
+        # alpha 64: LoRA's B starts at 0 and moves through a rank-8 bottleneck; a larger scale shows the rise sooner
+        policy={"mode": "lora", "train_roles": LORA_ROLES, "lora": {"rank": 8, "alpha": 64, "dropout": 0.0}},
+    )  # fmt: skip
+    config_path = tmp_path / "train.yaml"
+    config_path.write_text(yaml.safe_dump(config))
     env = {**ray_cluster.env, "RAY_ADDRESS": ray_cluster.address}
-    paths = {}
-    for name in ("straight", "killed"):
-        config = train_config(
-            tmp_path / name, one_image_dataset, mode="lora", rollout=rollout, save_every=2,
-            # alpha 64: LoRA's B starts at 0 and moves through a rank-8 bottleneck; a larger scale shows the rise sooner
-            policy={"mode": "lora", "train_roles": LORA_ROLES, "lora": {"rank": 8, "alpha": 64, "dropout": 0.0}},
-        )  # fmt: skip
-        paths[name] = tmp_path / f"{name}.yaml"
-        paths[name].write_text(yaml.safe_dump(config))
 
-    straight = subprocess.run(train_command(paths["straight"]), env=env, capture_output=True, text=True, timeout=900)
-    assert straight.returncode == 0, straight.stderr[-4000:]
-    assert_reward_rose(tmp_path / "straight")
-    assert_served_the_trained_weights(tmp_path / "straight")
-
-    killed_dir = tmp_path / "killed"
-    process = subprocess.Popen(
-        train_command(paths["killed"], "--steps", "4"), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + 600
-    while not (killed_dir / "checkpoints" / "driver" / "latest").exists() or len(step_metrics(killed_dir)) < 3:
+    process = subprocess.Popen(train_command(config_path), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    latest = run_dir / "checkpoints" / "driver" / "latest"
+    deadline = time.monotonic() + 900
+    while not latest.exists() or len(step_metrics(run_dir)) < 5:
         assert process.poll() is None, process.stderr.read().decode()[-4000:] if process.stderr else ""
-        assert time.monotonic() < deadline, "the run never reached step 3"
+        assert time.monotonic() < deadline, "the run never reached step 5"
         time.sleep(0.5)
     os.kill(process.pid, signal.SIGKILL)
     process.wait()
-    assert (killed_dir / "checkpoints" / "driver" / "latest").read_text() == "step-00000002"
+    assert latest.read_text() == "step-00000003"
+    before_kill = step_metrics(run_dir)
 
-    resumed = subprocess.run(
-        train_command(paths["killed"], "--steps", "4"), env=env, capture_output=True, text=True, timeout=900
-    )
+    resumed = subprocess.run(train_command(config_path), env=env, capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stderr[-4000:]
-    assert "resuming" in resumed.stderr and "at step 2" in resumed.stderr
+    assert "resuming" in resumed.stderr and "at step 3" in resumed.stderr
 
-    expected, got = step_metrics(tmp_path / "straight"), step_metrics(killed_dir)
-    assert sorted(got) == [0, 1, 2, 3]
-    for step in (2, 3):
-        assert got[step]["reward/mean"] == expected[step]["reward/mean"], f"step {step}"
-        assert got[step] == pytest.approx(expected[step], rel=1e-3, abs=1e-6), f"step {step} differs after resume"
+    after = step_metrics(run_dir)
+    assert sorted(after) == list(range(STEPS))
+    for step in (3, 4):
+        assert after[step]["reward/mean"] == before_kill[step]["reward/mean"], f"step {step}"
+        assert after[step] == pytest.approx(before_kill[step], rel=1e-3, abs=1e-6), f"step {step} differs after resume"
+    assert_reward_rose(run_dir)
+    assert_served_the_trained_weights(run_dir)
