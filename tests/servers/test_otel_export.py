@@ -28,6 +28,10 @@ from emo_r3.graphs.traces.store import TraceStore
 from emo_r3.graphs.trajectory import EmotionResult
 
 PHOENIX_VERSION = "20.26.1"
+STARTUP_TIMEOUT_S = 300
+PORT_ATTEMPTS = 3
+# How uvicorn (HTTP) and gRPC report a port that another process bound first.
+PORT_TAKEN = ("address already in use", "failed to bind to address")
 # Phoenix's own rules: at least 32 characters with a digit and a lower-case letter; the admin secret, different
 # from the JWT secret, is accepted as a bearer token on every API route, OTLP ingest (/v1/traces) included.
 JWT_SECRET = "jwt-signing-secret-0123456789abcdef"
@@ -59,7 +63,20 @@ def phoenix_executable() -> Path:
 
 @contextmanager
 def running_phoenix(workdir: Path, **settings: str) -> Iterator[str]:
-    """A Phoenix server on free loopback ports with its own SQLite file; yields its base URL."""
+    """A Phoenix server on free loopback ports with its own SQLite file; yields its base URL. A port is free when
+    picked, yet another process (a Ray worker, a vLLM server of another test) can bind it first: Phoenix then starts
+    again on new ports."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        server, url, log = start_phoenix(workdir, settings)
+        try:
+            if wait_until_ready(server, url, log, last_attempt=attempt == PORT_ATTEMPTS):
+                yield url
+                return
+        finally:
+            stop(server)
+
+
+def start_phoenix(workdir: Path, settings: dict[str, str]) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
     inherited = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
     env = inherited | {  # Phoenix runs from its own venv: nothing of ours may leak onto its import path
@@ -67,20 +84,19 @@ def running_phoenix(workdir: Path, **settings: str) -> Iterator[str]:
         "PHOENIX_WORKING_DIR": str(workdir), "PHOENIX_TELEMETRY_ENABLED": "false",
         "PHOENIX_ALLOW_EXTERNAL_RESOURCES": "false",
     } | settings  # fmt: skip
-    log = (workdir / "phoenix.log").open("wb")
-    server = subprocess.Popen([phoenix_executable(), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+    log = workdir / "phoenix.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen([phoenix_executable(), "serve"], env=env, stdout=output, stderr=subprocess.STDOUT)
+    return server, f"http://127.0.0.1:{port}", log
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.terminate()
     try:
-        wait_until_ready(server, url, workdir / "phoenix.log")
-        yield url
-    finally:
-        server.terminate()
-        try:
-            server.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait()
-        log.close()
+        server.wait(timeout=15)
+    except subprocess.TimeoutExpired:
+        server.kill()
+        server.wait()
 
 
 @pytest.fixture(scope="module")
@@ -107,18 +123,24 @@ def no_otel_settings(monkeypatch) -> dict[str, str]:
     return dict(os.environ)
 
 
-def wait_until_ready(server: subprocess.Popen, url: str, log: Path, timeout_s: float = 90) -> None:
-    deadline = time.monotonic() + timeout_s
+def wait_until_ready(server: subprocess.Popen, url: str, log: Path, *, last_attempt: bool) -> bool:
+    """True once Phoenix answers; False if it exited because a port was taken (and another attempt is left).
+    Its start imports much and migrates its database: on two busy cores (the suite's other worker training on
+    Ray) that can take minutes."""
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
     while time.monotonic() < deadline:
         if server.poll() is not None:
-            pytest.fail(f"Phoenix exited with {server.returncode}:\n{log.read_text()[-3000:]}", pytrace=False)
+            output = log.read_text()
+            if any(sign in output.lower() for sign in PORT_TAKEN) and not last_attempt:
+                return False
+            pytest.fail(f"Phoenix exited with {server.returncode}:\n{output[-3000:]}", pytrace=False)
         try:
             if httpx.get(f"{url}/healthz", timeout=1).status_code == 200:
-                return
+                return True
         except httpx.TransportError:
             pass
         time.sleep(0.2)
-    pytest.fail(f"Phoenix did not answer {url}/healthz within {timeout_s} s:\n{log.read_text()[-3000:]}")
+    pytest.fail(f"Phoenix did not answer {url}/healthz within {STARTUP_TIMEOUT_S} s:\n{log.read_text()[-3000:]}")
 
 
 def read_traces(
