@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from emo_r3.training.rollouts import training_items
 from emo_r3.training.rows import RowKey
 from emo_r3.training.run_log import RunLog
 from emo_r3.training.scoring import Scored, Scorer, mean_of, prompt_mini_batches, reward_metrics, scored_step, step_rows
+from emo_r3.training.served_folders import ServedFolders
 from emo_r3.training.served_policies import ServedPolicies
 from emo_r3.training.step_loop import OnStep, run_steps
 from emo_r3.training.update import UpdateResult, frozen_logprobs, update
@@ -54,6 +54,7 @@ class LocalTrainer:
             self.graph_config, config.policy, with_reference=config.algorithm.kl_coef > 0, cache_dir=cache_dir
         )
         self.served = self._served()
+        self.served_folders = ServedFolders(self.run_dir / "served")
         self.model_sets = self.served.model_sets() if self.served else [self.policies.chat_models]
         self.optimizer = torch.optim.AdamW(
             optimizer_groups(self.policies, config.optim.weight_decay), lr=config.optim.lr, betas=config.optim.betas
@@ -133,12 +134,8 @@ class LocalTrainer:
         """vLLM rollouts: save the trained weights (adapters or full) and load them into the servers in place."""
         if self.served is None:
             return
-        root = self.run_dir / "served"
-        folder = root / f"step-{self.step:08d}"
-        shutil.rmtree(folder, ignore_errors=True)
-        self.served.push(self.policies.save_weights(folder))
-        for old in sorted(root.glob("step-*"))[:-2]:  # servers re-read the current folders; keep the last two
-            shutil.rmtree(old, ignore_errors=True)
+        with self.served_folders.push(self.step) as folder:
+            self.served.push(self.policies.save_weights(folder))
 
     def save(self) -> Path:
         return save_checkpoint(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -34,6 +33,7 @@ from emo_r3.training.config import ServedPolicy, TrainConfig
 from emo_r3.training.rollouts import TrainingError, sample_seed, training_items
 from emo_r3.training.run_log import RunLog
 from emo_r3.training.scoring import Scored, Scorer, mean_of, reward_metrics, scored_step, step_rows
+from emo_r3.training.served_folders import ServedFolders
 from emo_r3.training.served_policies import ServedPolicies
 from emo_r3.training.step_loop import OnStep, run_steps
 
@@ -64,6 +64,7 @@ class ClusterTrainer:
         self.groups = start_groups(config, self.model_dirs, self.policy_of)
         self._servers: list[ray.actor.ActorHandle] = []
         self.served = ServedPolicies(config.rollout, self._serving(), config.policy.mode, self.policy_of)
+        self.served_folders = ServedFolders(self.run_dir / "served")
         self.model_sets = self.served.model_sets()
         self.step = self._resume()
         self.log = RunLog(config, start_step=self.step)
@@ -150,16 +151,12 @@ class ClusterTrainer:
 
     def _push_weights(self, step: int) -> None:
         """Save every policy's served weights (adapter or full) and load them into the servers."""
-        root = self.run_dir / "served"
-        folder = root / f"step-{step:08d}"
-        shutil.rmtree(folder, ignore_errors=True)
-        folders = {}
-        for name, group in self.groups.items():
-            group.save_served(folder / name)
-            folders[name] = folder / name
-        self.served.push(folders)
-        for old in sorted(root.glob("step-*"))[:-2]:  # servers re-read the current folders; keep the last two
-            shutil.rmtree(old, ignore_errors=True)
+        with self.served_folders.push(step) as folder:
+            folders = {}
+            for name, group in self.groups.items():
+                group.save_served(folder / name)
+                folders[name] = folder / name
+            self.served.push(folders)
 
     def close(self) -> None:
         """Stop the servers this trainer started and free its policy groups' GPUs (a driver's exit does it too)."""
