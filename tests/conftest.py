@@ -31,7 +31,7 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 @pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
-        tier = item.path.relative_to(TESTS).parts[0]
+        tier = tier_of(item)
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.path} is outside the test tiers {TIERS}: move it into one of them")
         item.add_marker(tier)
@@ -39,7 +39,12 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.xdist_group(group))
     # Slowest tier first: pytest-xdist (`--no-loadscope-reorder`) hands out groups in this order, so the long server
     # groups start at once on separate workers and the many short unit tests fill the gaps at the end.
-    items.sort(key=lambda item: -TIERS.index(item.path.relative_to(TESTS).parts[0]))
+    items.sort(key=lambda item: -TIERS.index(tier_of(item)))
+
+
+def tier_of(item: pytest.Item) -> str:
+    """The tier folder a test sits in (unit, integration or servers)."""
+    return item.path.relative_to(TESTS).parts[0]
 
 
 def worker_group(tier: str, item: pytest.Item) -> str | None:
