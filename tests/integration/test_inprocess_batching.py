@@ -53,15 +53,39 @@ def conversations(model: TransformersChatModel, pictures: list[PreparedImage]) -
     return prompts
 
 
+def together(
+    model: TransformersChatModel, prompts: list[list[ChatMessage]], samplings: list[SamplingParams]
+) -> list[Completion]:
+    async def calls() -> list[Completion]:
+        return await asyncio.gather(*(model.chat(p, s) for p, s in zip(prompts, samplings, strict=True)))
+
+    return asyncio.run(calls())
+
+
 def alone_and_together(
     model: TransformersChatModel, prompts: list[list[ChatMessage]], samplings: list[SamplingParams]
 ) -> tuple[list[Completion], list[Completion]]:
     alone = [model.chat_sync(prompt, sampling) for prompt, sampling in zip(prompts, samplings, strict=True)]
+    return alone, together(model, prompts, samplings)
 
-    async def together() -> list[Completion]:
-        return await asyncio.gather(*(model.chat(p, s) for p, s in zip(prompts, samplings, strict=True)))
 
-    return alone, asyncio.run(together())
+def batched_as_alone(
+    model: TransformersChatModel, prompts: list[list[ChatMessage]], samplings: list[SamplingParams]
+) -> tuple[list[Completion], list[tuple[int, int]]]:
+    """The calls run together, checked to be one batch that gives each call what it gets alone, and the (rows,
+    tokens) of each forward pass that batch ran."""
+    alone = [model.chat_sync(prompt, sampling) for prompt, sampling in zip(prompts, samplings, strict=True)]
+    shapes: list[tuple[int, int]] = []
+    hook = model.loaded.model.register_forward_pre_hook(
+        lambda _, args, kwargs: shapes.append(tuple(kwargs["input_ids"].shape)), with_kwargs=True
+    )
+    try:
+        batched = together(model, prompts, samplings)
+    finally:
+        hook.remove()
+    assert_one_batch(batched)
+    assert_same_completions(alone, batched)
+    return batched, shapes
 
 
 def assert_same_completions(alone: list[Completion], together: list[Completion]) -> None:
@@ -116,30 +140,53 @@ def test_same_seed_same_sample_in_any_batch(chat_model: TransformersChatModel, p
 def test_samples_of_one_prompt_share_its_prefill(
     chat_model: TransformersChatModel, pictures: list[PreparedImage]
 ) -> None:
-    """A batch of two prompts sampled three times each (a rollout group): the model's first forward pass takes the
-    two prompts once each, not six rows (except Qwen2.5-VL, whose positions need generate's own prefill), and every
-    sample is what it is alone."""
+    """A batch of two prompts sampled three times each (a rollout group): the prefill takes the two prompts once each
+    (after their common opening, if they share one), not six rows (except Qwen2.5-VL, whose positions need generate's
+    own prefill); decoding runs six rows, and every sample is what it is alone."""
     prompts = conversations(chat_model, pictures)[:2]
     grouped = [prompts[0], prompts[1]] * 3
     samplings = [SamplingParams(temperature=1.0, max_tokens=8, seed=seed) for seed in range(6)]
-    first_rows: list[int] = []
-    hook = chat_model.loaded.model.register_forward_pre_hook(
-        lambda _, args, kwargs: first_rows.append(kwargs["input_ids"].shape[0]), with_kwargs=True
-    )
-    try:
-        alone = [chat_model.chat_sync(p, s) for p, s in zip(grouped, samplings, strict=True)]
-        first_rows.clear()
+    _, shapes = batched_as_alone(chat_model, grouped, samplings)
+    prefill_rows = [rows for rows, length in shapes if length > 1]
+    decode_rows = [rows for rows, length in shapes if length == 1]
+    assert max(prefill_rows) == (6 if chat_model.loaded.model_type == "qwen2_5_vl" else 2)
+    assert max(decode_rows) == 6
 
-        async def together() -> list[Completion]:
-            return await asyncio.gather(*(chat_model.chat(p, s) for p, s in zip(grouped, samplings, strict=True)))
 
-        batched = asyncio.run(together())
-    finally:
-        hook.remove()
-    assert_one_batch(batched)
-    assert_same_completions(alone, batched)
-    assert first_rows[0] == (6 if chat_model.loaded.model_type == "qwen2_5_vl" else 2)
-    assert all(rows == 6 for rows in first_rows[1:])
+def test_prompts_that_open_alike_share_that_prefill(
+    chat_model: TransformersChatModel, pictures: list[PreparedImage]
+) -> None:
+    """Four prompts with one long system message and their own pictures and questions (one role across graph runs):
+    the model runs the system text once (one row), then the four rest-of-prompts on its cache, and every call gets
+    what it gets alone (Qwen2.5-VL, decoded by `generate`, prefills the four rows whole)."""
+    system = ChatMessage(role="system", content=[TextPart(text=" ".join(["Name the feeling the picture gives."] * 6))])
+    prompts = [[system, *conversation] for conversation in conversations(chat_model, pictures)]
+    samplings = [SamplingParams(temperature=1.0, max_tokens=6, seed=seed) for seed in range(4)]
+    batched, shapes = batched_as_alone(chat_model, prompts, samplings)
+    if chat_model.loaded.model_type == "qwen2_5_vl":
+        assert shapes[0][0] == 4
+    else:
+        (rows, shared), (suffix_rows, _) = shapes[:2]
+        assert (rows, suffix_rows) == (1, 4)
+        shortest = min(len(c.prompt_token_ids) for c in batched)
+        assert 40 <= shared < shortest
+        assert all(c.prompt_token_ids[:shared] == batched[0].prompt_token_ids[:shared] for c in batched)
+
+
+def test_finished_rows_leave_the_batch(chat_model: TransformersChatModel, pictures: list[PreparedImage]) -> None:
+    """Each decoding step runs only the rows still generating: with budgets of 2, 5 and 12 tokens, the step after
+    token k carries the rows whose completion is longer than k (Qwen2.5-VL, decoded by `generate`, keeps every row
+    to the end)."""
+    prompts = conversations(chat_model, pictures)[:3]
+    samplings = [SamplingParams(temperature=0, max_tokens=budget) for budget in (2, 5, 12)]
+    batched, shapes = batched_as_alone(chat_model, prompts, samplings)
+    lengths = [len(c.completion_token_ids) for c in batched]
+    decoding_steps = [rows for rows, tokens in shapes if tokens == 1]
+    if chat_model.loaded.model_type == "qwen2_5_vl":
+        assert decoding_steps == [3] * (max(lengths) - 1)
+    else:
+        assert decoding_steps == [sum(length > k for length in lengths) for k in range(1, max(lengths))]
+        assert decoding_steps[-1] < 3, "no row finished early, so nothing was dropped"
 
 
 def test_closed_set_answers_batch_with_their_own_options(

@@ -1,4 +1,4 @@
-"""One `generate` over a batch of requests to one model and adapter: exact prompt ids, sampled ids, raw logprobs."""
+"""One batch of requests to one model and adapter: exact prompt ids, sampled ids, raw logprobs."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import torch
 from transformers import LogitsProcessorList, StoppingCriteriaList
 
 from emo_r3.agents.backends.transformers.batch_inputs import TOKEN_KEYS, collate
+from emo_r3.agents.backends.transformers.decode_loop import decode_rows, decodes_stepwise
 from emo_r3.agents.backends.transformers.row_sampling import RowDecoding, RowLimit, RowSampler
-from emo_r3.agents.backends.transformers.shared_prefill import prefilled, prompt_owners, shares_prefill
 
 if TYPE_CHECKING:  # loading.py builds each model's batcher on this module
     from emo_r3.agents.backends.transformers.loading import LoadedModel
@@ -49,32 +49,40 @@ class GeneratedRow:
 
 
 def generate_rows(loaded: LoadedModel, requests: Sequence[GenerationRequest]) -> list[GeneratedRow]:
-    """Run `requests` (one batch key) as one `generate` under the model's lock; rows come back in request order.
-    Requests with the same prompt run its prefill once (see `shared_prefill`)."""
+    """Run `requests` (one batch key) as one batch under the model's lock; rows come back in request order.
+    Requests with the same prompt run its prefill once, and finished rows leave the batch (see `decode_loop`)."""
     start = time.perf_counter()
-    inputs = collate([r.inputs for r in requests], pad_token_id=loaded.eos_token_ids[0])
-    prompt_length = inputs["input_ids"].shape[1]
-    owners = prompt_owners([r.inputs for r in requests])
+    encoded = [r.inputs for r in requests]
+    batch = collate(encoded, pad_token_id=loaded.eos_token_ids[0])
     rows = [r.decoding for r in requests]
+    with loaded.lock, selected_adapter(loaded.model, requests[0].adapter), torch.inference_mode(), loaded.compute():
+        if decodes_stepwise(loaded.model_type):
+            completions = decode_rows(loaded.model, batch, encoded, rows, loaded.eos_token_ids)
+        else:
+            completions = _generate(loaded, batch, rows)
+    latency = time.perf_counter() - start
+    return [GeneratedRow(ids, logprobs, latency_s=latency) for ids, logprobs in completions]
+
+
+def _generate(
+    loaded: LoadedModel, batch: dict[str, torch.Tensor], rows: Sequence[RowDecoding]
+) -> list[tuple[list[int], list[float]]]:
+    """The batch through transformers' `generate`, every row sampled by `RowSampler` and stopped at its budget."""
+    prompt_length = batch["input_ids"].shape[1]
     budgets = [row.max_new_tokens for row in rows]
     device = loaded.model.device
-    with loaded.lock, selected_adapter(loaded.model, requests[0].adapter), torch.inference_mode(), loaded.compute():
-        if shares_prefill(loaded.model_type, owners, prompt_length):
-            inputs = prefilled(loaded.model, inputs, owners)
-        output = loaded.model.generate(
-            **inputs,
-            do_sample=False,  # RowSampler has already chosen each row's token; greedy picks it
-            temperature=None, top_p=None, top_k=None, min_p=None,
-            eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.eos_token_ids[0],
-            max_new_tokens=max(budgets),
-            logits_processor=LogitsProcessorList([RowSampler(rows, prompt_length, device)]),
-            stopping_criteria=StoppingCriteriaList([RowLimit(budgets, prompt_length, device)]),
-            return_dict_in_generate=True, output_logits=True,
-        )  # fmt: skip
-    latency = time.perf_counter() - start
+    output = loaded.model.generate(
+        **batch,
+        do_sample=False,  # RowSampler has already chosen each row's token; greedy picks it
+        temperature=None, top_p=None, top_k=None, min_p=None,
+        eos_token_id=loaded.eos_token_ids, pad_token_id=loaded.eos_token_ids[0],
+        max_new_tokens=max(budgets),
+        logits_processor=LogitsProcessorList([RowSampler(rows, prompt_length, device)]),
+        stopping_criteria=StoppingCriteriaList([RowLimit(budgets, prompt_length, device)]),
+        return_dict_in_generate=True, output_logits=True,
+    )  # fmt: skip
     return [
-        GeneratedRow(*_row_tokens(output, index, prompt_length, budget, loaded.eos_token_ids), latency_s=latency)
-        for index, budget in enumerate(budgets)
+        _row_tokens(output, index, prompt_length, budget, loaded.eos_token_ids) for index, budget in enumerate(budgets)
     ]
 
 

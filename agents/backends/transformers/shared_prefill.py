@@ -1,22 +1,35 @@
-"""Rows of one batch that carry the same prompt (the samples of one rollout prompt) run its prefill once.
+"""The prefill of a batch, sharing what rows have in common: a whole prompt, or the text in front of the images.
 
-The prompt's forward pass runs over all but its last token, once per distinct prompt; its cache is copied to every
-row of that prompt, and `generate` goes on from there with only the last prompt token to process. Each row sees the
-same ids at the same positions as with its own prefill, so only float rounding can differ (as with any batching).
+Rows with the same prompt (the samples of one rollout prompt) need its forward pass only once: its cache and first
+logits are copied to each of them. Distinct prompts that open alike (one role's system prompt, before each row's own
+image) run that shared prefix once, then their own suffixes, left-padded after it, on top of its cache. Each row sees
+the same ids at the same positions as with its own prefill, so only float rounding can differ (as with any batching).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from emo_r3.agents.backends.transformers.batch_inputs import TOKEN_KEYS
 
-# Their positions (3-D rope) come from the image grid, which `generate` works out at its own first step: a cache
-# filled outside it would leave the model without them.
-GRID_POSITION_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl"})
+# A shorter common prefix saves less than its extra forward pass costs.
+MIN_SHARED_PREFIX = 16
+# Prompts carrying other per-token inputs (token types) are prefilled whole.
+PLAIN_TOKEN_KEYS = frozenset({"input_ids", "attention_mask"})
+
+
+@dataclass
+class Prefilled:
+    """Every row's prompt run: logits for its first generated token, its cache, and the mask over that cache."""
+
+    logits: torch.Tensor
+    cache: Any
+    mask: torch.Tensor
 
 
 def prompt_owners(encoded: Sequence[dict[str, torch.Tensor]]) -> list[int]:
@@ -27,24 +40,67 @@ def prompt_owners(encoded: Sequence[dict[str, torch.Tensor]]) -> list[int]:
     return owners
 
 
-def shares_prefill(model_type: str, owners: Sequence[int], prompt_length: int) -> bool:
-    """Whether sharing pays and is safe: some prompt repeats, and the model's positions follow its tokens."""
-    return len(set(owners)) < len(owners) and prompt_length > 1 and model_type not in GRID_POSITION_MODEL_TYPES
+def token_positions(mask: torch.Tensor) -> torch.Tensor:
+    """The positions `generate` gives left-padded rows: counted over real tokens, 0 on padding."""
+    return (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
 
 
-def prefilled(model: Any, batch: dict[str, torch.Tensor], owners: Sequence[int]) -> dict[str, Any]:
-    """`generate` inputs for `batch` with each distinct prompt's prefill (all but the last token) already run and its
-    cache copied to every row of that prompt; image tensors are left out, their tokens being in the cache."""
+def shared_prefill(model: Any, batch: dict[str, torch.Tensor], owners: Sequence[int]) -> Prefilled:
+    """The prefill of every row of `batch`, running each distinct prompt (`owners` from `prompt_owners`) once and
+    their common text prefix once."""
     distinct = sorted(set(owners))
-    rows = torch.tensor(distinct, device=model.device)
-    mask = batch["attention_mask"]
-    # The positions `generate` gives left-padded rows: counted over real tokens, 0 on padding.
-    positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
-    head = {key: value[rows][:, :-1] if key in TOKEN_KEYS else value[rows] for key, value in batch.items()}
-    output = model(**head, position_ids=positions[rows][:, :-1], use_cache=True, logits_to_keep=1)
-    cache = output.past_key_values
-    cache.batch_select_indices(torch.tensor([distinct.index(owner) for owner in owners], device=model.device))
-    return {**{key: value for key, value in batch.items() if key in TOKEN_KEYS}, "past_key_values": cache}
+    head = {key: value[torch.tensor(distinct, device=model.device)] for key, value in batch.items()}
+    prompts = [ids[mask.bool()] for ids, mask in zip(head["input_ids"], head["attention_mask"], strict=True)]
+    prefix = shared_prefix_length(prompts, getattr(model.config, "image_token_id", None))
+    if len(distinct) > 1 and prefix >= MIN_SHARED_PREFIX and not (head.keys() & TOKEN_KEYS) - PLAIN_TOKEN_KEYS:
+        prefilled = _prefill_after_prefix(model, head, prompts, prefix)
+    else:
+        mask = head["attention_mask"]
+        output = model(**head, position_ids=token_positions(mask), use_cache=True, logits_to_keep=1)
+        prefilled = Prefilled(output.logits[:, -1], output.past_key_values, mask)
+    if len(distinct) < len(owners):
+        copies = torch.tensor([distinct.index(owner) for owner in owners], device=model.device)
+        prefilled.cache.batch_select_indices(copies)
+        prefilled = Prefilled(prefilled.logits[copies], prefilled.cache, prefilled.mask[copies])
+    return prefilled
+
+
+def shared_prefix_length(prompts: Sequence[torch.Tensor], image_token_id: int | None) -> int:
+    """How many leading ids all `prompts` share, stopping before the first image token (each row's own pixels
+    follow it) and leaving every prompt at least one token of its own."""
+    shortest = min(len(p) for p in prompts)
+    stacked = torch.stack([p[:shortest] for p in prompts])
+    differs = (stacked != stacked[0]).any(dim=0)
+    if image_token_id is not None:
+        differs |= (stacked == image_token_id).any(dim=0)
+    first_difference = int(differs.nonzero()[0]) if differs.any() else shortest
+    return min(first_difference, shortest - 1)
+
+
+def _prefill_after_prefix(
+    model: Any, head: dict[str, torch.Tensor], prompts: Sequence[torch.Tensor], prefix: int
+) -> Prefilled:
+    """Run the shared prefix once, then each prompt's suffix (left-padded after the prefix, with its images)."""
+    device = model.device
+    shared = prompts[0][None, :prefix]
+    ones = torch.ones_like(shared)
+    opening = model(
+        input_ids=shared, attention_mask=ones, position_ids=token_positions(ones), use_cache=True, logits_to_keep=1
+    )
+    cache = opening.past_key_values
+    cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
+    suffixes = [p[prefix:] for p in prompts]
+    width = max(len(s) for s in suffixes)
+    # Padding reuses a prefix token: a pad id that happened to be the image token would take an image's place.
+    suffix_ids = torch.stack([F.pad(s, (width - len(s), 0), value=int(shared[0, 0])) for s in suffixes])
+    suffix_mask = torch.stack([F.pad(torch.ones_like(s), (width - len(s), 0)) for s in suffixes])
+    mask = torch.cat([ones.expand(len(prompts), -1), suffix_mask], dim=1)
+    images = {key: value for key, value in head.items() if key not in PLAIN_TOKEN_KEYS}
+    output = model(
+        input_ids=suffix_ids, attention_mask=mask, position_ids=token_positions(mask)[:, prefix:],
+        past_key_values=cache, use_cache=True, logits_to_keep=1, **images,
+    )  # fmt: skip
+    return Prefilled(output.logits[:, -1], output.past_key_values, mask)
 
 
 def _same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
