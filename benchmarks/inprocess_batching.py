@@ -148,6 +148,9 @@ def main() -> None:
     batched_config = graph_config(args.model, args.max_tokens, max_size=largest)
     serial_models, batched_models = load_role_models(serial_config), load_role_models(batched_config)
 
+    # One untimed run on each side first: a process's first forward passes are not typical of the ones after.
+    for config, models in ((serial_config, serial_models), (batched_config, batched_models)):
+        asyncio.run(concurrent_runs(config, models, 1))
     report: dict = {"model": args.model, "max_tokens": args.max_tokens, "graph_runs": {}}
     for n in args.n:
         report["graph_runs"][str(n)] = measure(

@@ -146,15 +146,11 @@ def _run_pending(
     err.print(data(f"{len(loaded.items)} items ({done} already done) → {folder}"))
     try:
         with LiveProgress("emo-r3 eval", total=len(loaded.items), done=done) as progress:
-
-            def on_record(record: PredictionRecord) -> None:
-                progress.item_done(record.id, record.error if record.status == "error" else None)
-
+            common = {"max_concurrency": concurrency, "on_record": progress.item_done}
             if paper_parity:  # one prompt per image, no graph nodes to follow
-                run = evaluate_paper_parity(graph, items, results, max_concurrency=concurrency, on_record=on_record)
+                run = evaluate_paper_parity(graph, items, results, **common)
             else:
-                run = evaluate_graph(graph, items, results, max_concurrency=concurrency, on_record=on_record,
-                                     progress=progress.node_started)  # fmt: skip
+                run = evaluate_graph(graph, items, results, progress=progress.node_started, **common)
             asyncio.run(run)
     except ResultsWriteError as error:  # a full disk: stopped cleanly, the file cut back to its last record
         print_error(error)

@@ -27,7 +27,6 @@ class PredictionRecord(ResultRecord):
     node_latency_s: dict[str, float] = Field(default_factory=dict, description="summed per node")
     prompt_tokens: int = 0
     completion_tokens: int = 0
-    error: str | None = None
 
     @classmethod
     def from_result(cls, item: EvalItem, result: EmotionResult) -> PredictionRecord:

@@ -49,7 +49,6 @@ class BatchRecord(ResultRecord):
     format_ok: bool = False
     termination: str | None = None
     path: list[str] = Field(default_factory=list)
-    error: str | None = None
     trajectory: dict[str, Any] | None = None
 
     @classmethod

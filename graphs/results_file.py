@@ -13,10 +13,11 @@ from pydantic import BaseModel, ValidationError
 
 
 class ResultRecord(BaseModel):
-    """What every results line has: the item id and whether it finished ok."""
+    """What every results line has: the item id, whether it finished ok, and why not."""
 
     id: str
     status: str
+    error: str | None = None
 
 
 R = TypeVar("R", bound=ResultRecord)

@@ -104,10 +104,6 @@ def _run_with_progress(
 ) -> BatchSummary:
     done = sum(results.done(i.id, retry_errors=retry_errors) for i in items)
     with LiveProgress("emo-r3 batch", total=len(items), done=done) as progress:
-
-        def on_record(record: BatchRecord) -> None:
-            progress.item_done(record.id, record.error if record.status == "error" else None)
-
         run = run_batch(
             graph,
             items,
@@ -115,7 +111,7 @@ def _run_with_progress(
             max_concurrency=concurrency,
             retry_errors=retry_errors,
             with_trajectory=with_trajectory,
-            on_record=on_record,
+            on_record=progress.item_done,
             progress=progress.node_started,
         )
         return asyncio.run(run)

@@ -12,6 +12,7 @@ from rich.text import Text
 
 from emo_r3.graphs.cli.console import data, err, shown
 from emo_r3.graphs.progress import NodeStarted
+from emo_r3.graphs.results_file import ResultRecord
 
 SHOWN_QUERIES = 3  # running queries named on the status line; the rest are counted
 
@@ -46,11 +47,11 @@ class LiveProgress:
             self._running[event.query_id] = event
         self._refresh()
 
-    def item_done(self, item_id: str, error: str | None = None) -> None:
+    def item_done(self, record: ResultRecord) -> None:
         """One item finished; a failed one is reported on its own line, terminal or not."""
-        self._running.pop(item_id, None)
-        if error is not None:
-            err.print(Text.assemble(data(item_id, "yellow"), data(f": {error}")))
+        self._running.pop(record.id, None)
+        if record.status == "error":
+            err.print(Text.assemble(data(record.id, "yellow"), data(f": {record.error}")))
         if self._display is not None:
             self._display.update(self._task, advance=1)
         self._refresh()
