@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from emo_r3.agents.backends.vllm.retry_policy import RetryPolicy
 from emo_r3.agents.call_record import ROLES, Role
 from emo_r3.agents.hub_models import is_hub_id
 from emo_r3.agents.model_specs import OFFLINE_PREFIX, ConfigError, TransformersModelSpec, VLLMModelSpec
@@ -113,6 +114,9 @@ class RolloutConfig(_Section):
     )
     api_key_env: str | None = Field(None, description="environment variable holding the servers' API key")
     timeout_s: float = Field(300.0, gt=0)
+    retry: RetryPolicy = Field(
+        default_factory=RetryPolicy, description="how a rollout call to a server is retried (as a vLLM model's)"
+    )
     max_concurrency: int = Field(16, ge=1, description="graph runs in flight at once (in-process: up to a batch)")
 
     def served(self) -> list[ServedPolicy]:
@@ -132,6 +136,7 @@ class RolloutConfig(_Section):
             adapter=adapter,
             api_key_env=self.api_key_env,
             timeout_s=self.timeout_s,
+            **self.retry.model_dump(),
         )
 
     def server(self, adapter: str | None = None) -> VLLMModelSpec:

@@ -33,11 +33,17 @@ def test_a_resumed_run_keeps_the_folder_it_pushes_and_those_the_killed_run_left(
     resumed = ServedFolders(tmp_path)
     push(resumed, 3)
     assert left(tmp_path) == ["step-00000003", "step-00000004", "step-00000005"]
+    push(resumed, 4)  # the killed run's step-4 folder is there: the new weights go beside it, then it goes
+    assert left(tmp_path) == ["step-00000003", "step-00000004-again-1"]
+
+
+def test_a_step_pushed_again_gets_a_new_folder_beside_the_one_a_server_may_read(tmp_path: Path) -> None:
+    """A run killed right after pushing step 3, resumed from step 3's checkpoint, pushes step 3 again: the killed
+    run's folder stays (its servers read it until they are given the new one) and goes with the next push."""
+    push(ServedFolders(tmp_path), 3)
+    resumed = ServedFolders(tmp_path)
+    again = push(resumed, 3)
+    assert again.name == "step-00000003-again-1" and (tmp_path / "step-00000003" / "policy").is_dir()
+    assert left(again) == ["policy"]
     push(resumed, 4)
-    assert left(tmp_path) == ["step-00000003", "step-00000004"]
-
-
-def test_pushing_a_step_again_starts_from_an_empty_folder(tmp_path: Path) -> None:
-    folders = ServedFolders(tmp_path)
-    (tmp_path / "step-00000001" / "stale").mkdir(parents=True)
-    assert left(push(folders, 1)) == ["policy"]
+    assert left(tmp_path) == ["step-00000003-again-1", "step-00000004"]

@@ -1,4 +1,5 @@
-"""Training reaches its vLLM server through the graph's own model spec: same API key, timeout and clear errors."""
+"""Training reaches its vLLM server through the graph's own model spec: same API key, timeout, retries and clear
+errors."""
 
 from __future__ import annotations
 
@@ -16,11 +17,12 @@ SERVED = {"backend": "vllm", "base_url": "http://127.0.0.1:8000", "served_model"
 
 
 def test_each_role_is_a_graph_model_spec_of_the_same_server() -> None:
-    rollout = RolloutConfig.model_validate({**SERVED, "timeout_s": 42.0})
+    retry = {"max_retries": 5, "backoff_s": 0.5, "backoff_cap_s": 4.0, "retry_budget_s": 20.0}
+    rollout = RolloutConfig.model_validate({**SERVED, "timeout_s": 42.0, "retry": retry})
     spec = rollout.server("reasoner")
     assert spec == VLLMModelSpec(
         backend="vllm", base_url="http://127.0.0.1:8000", model="base", adapter="reasoner", api_key_env="VLLM_KEY",
-        timeout_s=42.0,
+        timeout_s=42.0, **retry,
     )  # fmt: skip
     model = load_chat_model(spec)
     assert isinstance(model, VLLMChatModel) and model.adapter == "reasoner" and model.model_id == "vllm:base"
