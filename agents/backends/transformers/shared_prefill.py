@@ -51,8 +51,8 @@ def shared_prefill(model: Any, batch: dict[str, torch.Tensor], owners: Sequence[
     distinct = sorted(set(owners))
     head = {key: value[torch.tensor(distinct, device=model.device)] for key, value in batch.items()}
     prompts = [ids[mask.bool()] for ids, mask in zip(head["input_ids"], head["attention_mask"], strict=True)]
-    prefix = shared_prefix_length(prompts, getattr(model.config, "image_token_id", None))
-    if len(distinct) > 1 and prefix >= MIN_SHARED_PREFIX and not (head.keys() & TOKEN_KEYS) - PLAIN_TOKEN_KEYS:
+    prefix = _cut(model, head, prompts) if len(distinct) > 1 else 0
+    if prefix >= MIN_SHARED_PREFIX:
         prefilled = _prefill_after_prefix(model, head, prompts, prefix)
     else:
         mask = head["attention_mask"]
@@ -75,6 +75,15 @@ def shared_prefix_length(prompts: Sequence[torch.Tensor], image_token_id: int | 
         differs |= (stacked == image_token_id).any(dim=0)
     first_difference = int(differs.nonzero()[0]) if differs.any() else shortest
     return min(first_difference, shortest - 1)
+
+
+def _cut(model: Any, head: dict[str, torch.Tensor], prompts: Sequence[torch.Tensor]) -> int:
+    """The length of the opening the prompts share, or 0 when they cannot be cut there: they carry per-token inputs
+    beyond ids and mask, or images but no known image token to stop before."""
+    image_token_id = getattr(model.config, "image_token_id", None)
+    if (head.keys() & TOKEN_KEYS) - PLAIN_TOKEN_KEYS or (head.keys() - TOKEN_KEYS and image_token_id is None):
+        return 0
+    return shared_prefix_length(prompts, image_token_id)
 
 
 def _prefill_after_prefix(
