@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from emo_r3.agents.backends.transformers.row_sampling import RowDecoding, RowSampler
-from emo_r3.agents.backends.transformers.shared_prefill import prompt_owners, shared_prefill
+from emo_r3.agents.backends.transformers.shared_prefill import prompt_owners, shared_prefill, token_positions
 
 GRID_POSITION_MODEL_TYPES = frozenset({"qwen2_vl", "qwen2_5_vl"})
 
@@ -58,12 +58,7 @@ def decode_rows(
             mask, tokens, active = mask[kept], tokens[kept], [active[p] for p in going]
         mask = torch.cat([mask, mask.new_ones(len(active), 1)], dim=1)
         step = model(
-            input_ids=tokens[:, None], attention_mask=mask, position_ids=_newest_positions(mask),
+            input_ids=tokens[:, None], attention_mask=mask, position_ids=token_positions(mask)[:, -1:],
             past_key_values=cache, use_cache=True,
         )  # fmt: skip
         logits = step.logits[:, -1].float()
-
-
-def _newest_positions(mask: torch.Tensor) -> torch.Tensor:
-    """The position of each row's newest token: the count of its real tokens before it."""
-    return mask.long().sum(-1, keepdim=True) - 1

@@ -117,8 +117,9 @@ class RowSampler(LogitsProcessor):
         whole = list(range(len(indices)))
         if sampling.top_p < 1.0 and sampling.top_k <= 0 and not sampling.min_p:
             ids, kept, holds = nucleus(scores / sampling.temperature, sampling.top_p)
-            whole = [i for i in whole if not holds[i]]
-            for i in (i for i in range(len(indices)) if holds[i]):
+            held = holds.tolist()
+            whole = [i for i in whole if not held[i]]
+            for i in (i for i in range(len(indices)) if held[i]):
                 tokens[i] = ids[i, torch.multinomial(kept[i], num_samples=1, generator=self._generators[indices[i]])]
         if whole:
             # The warpers used here read only the scores, not the ids so far.

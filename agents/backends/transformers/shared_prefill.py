@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from emo_r3.agents.backends.transformers.batch_inputs import TOKEN_KEYS
+from emo_r3.agents.backends.transformers.batch_inputs import TOKEN_KEYS, collate
 
 # A shorter common prefix saves less than its extra forward pass costs.
 MIN_SHARED_PREFIX = 16
@@ -98,15 +97,13 @@ def _prefill_after_prefix(
     )
     cache = opening.past_key_values
     cache.batch_select_indices(torch.zeros(len(prompts), dtype=torch.long, device=device))
-    suffixes = [p[prefix:] for p in prompts]
-    width = max(len(s) for s in suffixes)
+    suffixes = [{"input_ids": p[None, prefix:], "attention_mask": torch.ones_like(p[None, prefix:])} for p in prompts]
     # Padding reuses a prefix token: a pad id that happened to be the image token would take an image's place.
-    suffix_ids = torch.stack([F.pad(s, (width - len(s), 0), value=int(shared[0, 0])) for s in suffixes])
-    suffix_mask = torch.stack([F.pad(torch.ones_like(s), (width - len(s), 0)) for s in suffixes])
-    mask = torch.cat([ones.expand(len(prompts), -1), suffix_mask], dim=1)
+    suffix = collate(suffixes, pad_token_id=int(shared[0, 0]))
+    mask = torch.cat([ones.expand(len(prompts), -1), suffix["attention_mask"]], dim=1)
     images = {key: value for key, value in head.items() if key not in PLAIN_TOKEN_KEYS}
     output = model(
-        input_ids=suffix_ids, attention_mask=mask, position_ids=token_positions(mask)[:, prefix:],
+        input_ids=suffix["input_ids"], attention_mask=mask, position_ids=token_positions(mask)[:, prefix:],
         past_key_values=cache, use_cache=True, logits_to_keep=1, **images,
     )  # fmt: skip
     return Prefilled(output.logits[:, -1], output.past_key_values, mask)
