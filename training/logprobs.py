@@ -20,6 +20,7 @@ from transformers import AttentionInterface, ProcessorMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from emo_r3.agents.backends.transformers.grouped_attention import grouped_sdpa_attention
 from emo_r3.agents.backends.transformers.loading import LoadedModel
 from emo_r3.agents.images import PreparedImage
 from emo_r3.training.rows import TrainingRow
@@ -71,10 +72,10 @@ def packed_sdpa_attention(
 
     Equal to sdpa under the block-causal mask, for Σ ℓ_i²/2 work instead of T²: given a dense T×T mask, sdpa can
     neither take its flash kernel nor skip the blocks between rows, and packing costs more attention than it saves.
-    Without `packed_lengths` (one row, padded batches, generation) this is sdpa, mask included.
+    Without `packed_lengths` (one row, padded batches, generation) this is `grouped_sdpa_attention`, mask included.
     """
     if packed_lengths is None:
-        return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+        return grouped_sdpa_attention(module, query, key, value, attention_mask, **kwargs)
     rows = zip(*(tensor.split(list(packed_lengths), dim=2) for tensor in (query, key, value)), strict=True)
     outputs = [sdpa_attention_forward(module, q, k, v, None, **kwargs)[0] for q, k, v in rows]
     return torch.cat(outputs, dim=1), None

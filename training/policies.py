@@ -134,7 +134,7 @@ def _load(
         loaded.autocast_dtype = dtype
     for parameter in loaded.model.parameters():
         parameter.requires_grad_(False)
-    use_packed_sdpa(loaded.model)  # packed training forwards attend row by row; generation is plain sdpa
+    use_packed_sdpa(loaded.model)  # packed training forwards attend row by row; generation is grouped sdpa
     if gradient_checkpointing:
         loaded.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return loaded

@@ -17,6 +17,7 @@ import torch
 
 from emo_r3.agents.backends.transformers.batching import BatchSettings
 from emo_r3.agents.backends.transformers.chat import TransformersChatModel
+from emo_r3.agents.backends.transformers.grouped_attention import GROUPED_SDPA
 from emo_r3.agents.chat_model import ChatMessage, Completion, ImagePart, SamplingParams, TextPart
 from emo_r3.agents.images import PreparedImage, prepare_image
 from emo_r3.agents.offline_models import ensure_model
@@ -103,6 +104,8 @@ def assert_one_batch(together: list[Completion]) -> None:
 
 
 def test_greedy_batched_equals_greedy_alone(chat_model: TransformersChatModel, pictures: list[PreparedImage]) -> None:
+    """Padded rows of SmolLM2 (3 key/value heads for 9 query heads) read them in place; alone, sdpa does."""
+    assert chat_model.loaded.model.config._attn_implementation == GROUPED_SDPA
     prompts = conversations(chat_model, pictures)
     alone, together = alone_and_together(chat_model, prompts, [SamplingParams(temperature=0, max_tokens=12)] * 4)
     assert_one_batch(together)

@@ -25,6 +25,7 @@ from transformers import (
 
 from emo_r3.agents.backends.transformers.batching import Batcher, BatchSettings
 from emo_r3.agents.backends.transformers.generation import GeneratedRow, GenerationRequest, generate_rows
+from emo_r3.agents.backends.transformers.grouped_attention import use_grouped_sdpa
 from emo_r3.agents.backends.transformers.processors import IMAGE_TEXT_MODEL_TYPES, ModelLoadError, load_processor
 
 WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
@@ -83,6 +84,8 @@ def load_hf_model(
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=dtype, local_files_only=True)
     model.to(device).eval()
+    if model.config._attn_implementation == "sdpa":
+        use_grouped_sdpa(model)
     return LoadedModel(
         model=model,
         processor=processor,
